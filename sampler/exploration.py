@@ -1,0 +1,85 @@
+"""Exploration schedules (config group ``exploration``, SPEC §4).
+
+A schedule maps the training step to ε, the std of extra per-step displacement noise added in quadrature to the
+forward policy's noise while *sampling* training trajectories (log P_F is still evaluated under the unexplored
+policy). Schedules are pure functions of the step, so they hold no state and need nothing in a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class ExplorationSchedule:
+    """ε(step) = 0: on-policy sampling (``exploration=none``)."""
+
+    def __call__(self, step: int) -> float | None:
+        return None
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class _Decay(ExplorationSchedule):
+    def __init__(self, start: float = 0.2, horizon: int = 12500):
+        if start < 0:
+            raise ValueError(f"exploration.start must be >= 0 (got {start})")
+        if horizon <= 0:
+            raise ValueError(f"exploration.horizon must be a positive number of steps (got {horizon})")
+        self.start, self.horizon = float(start), int(horizon)
+
+    def __call__(self, step: int) -> float | None:
+        eps = self.start * self._factor(min(step, self.horizon) / self.horizon) if step < self.horizon else 0.0
+        return eps if eps > 0 else None
+
+    def _factor(self, u: float) -> float:
+        raise NotImplementedError
+
+
+class Constant(ExplorationSchedule):
+    """ε(step) = ``start`` for every step."""
+
+    def __init__(self, start: float = 0.2):
+        if start < 0:
+            raise ValueError(f"exploration.start must be >= 0 (got {start})")
+        self.start = float(start)
+
+    def __call__(self, step: int) -> float | None:
+        return self.start if self.start > 0 else None
+
+
+class LinearDecay(_Decay):
+    """ε(step) = start · max(0, 1 − step/horizon) — Sendera et al.'s schedule (horizon = half the run)."""
+
+    def _factor(self, u: float) -> float:
+        return 1.0 - u
+
+
+class CosineDecay(_Decay):
+    """ε(step) = start · ½(1 + cos(π·step/horizon)) until ``horizon``, then 0."""
+
+    def _factor(self, u: float) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * u))
+
+
+class ExponentialDecay(_Decay):
+    """ε(step) = start · exp(−rate·step/horizon) until ``horizon``, then 0 (rate 5: ε falls to 0.7 % of start)."""
+
+    def __init__(self, start: float = 0.2, horizon: int = 12500, rate: float = 5.0):
+        super().__init__(start, horizon)
+        if rate <= 0:
+            raise ValueError(f"exploration.rate must be > 0 (got {rate})")
+        self.rate = float(rate)
+
+    def _factor(self, u: float) -> float:
+        return math.exp(-self.rate * u)
+
+
+SCHEDULES = {
+    "none": ExplorationSchedule,
+    "constant": Constant,
+    "linear": LinearDecay,
+    "cosine": CosineDecay,
+    "exponential": ExponentialDecay,
+}

@@ -1,0 +1,315 @@
+"""The diffusion sampler as a GFlowNet (Sendera et al. 2024, https://arxiv.org/abs/2402.05098; SPEC §2).
+
+The forward process starts at s_0 = 0 and takes T Gaussian steps
+``P_F(s_{i+1}|s_i) = N(s_i + dt·μ_θ(s_i, t_i), dt·σ²·e^{v_θ}·I)``; the backward process is the Brownian
+bridge of a σ²-Brownian motion pinned at 0, optionally with learned corrections.
+
+Hot-path design: the rollout loop holds only the policy call (without autograd) and the state update. Every
+log-density, flow and the policy evaluation that carries gradients is computed afterwards, batched over the
+stacked ``[T, B, d]`` states, with the time embedding of the whole grid computed once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sampler.energies.base import Energy
+from sampler.gfn.nets import StateTimeNet, TimeScaleNet, gaussian_log_prob
+from sampler.gfn.trajectories import Trajectories
+
+FLOWS = ("scalar", "conditional", "forward_looking")
+
+
+@dataclass
+class _PolicyOut:
+    mean: torch.Tensor  # [..., B, d] drift μ
+    log_var: torch.Tensor | float  # [..., B, d] v (log-variance multiplier) or 0.0
+
+
+class DiffusionGFN(nn.Module):
+    """Diffusion-based GFlowNet sampler of a continuous target.
+
+    Args:
+        energy: the target (kept as a plain attribute, not a sub-module: its parameters are never trained here).
+        T: number of steps; dt = 1/T.
+        t_scale: σ², the diffusion coefficient of the reference Brownian motion.
+        arch: ``pis`` or ``mlp`` (see :class:`StateTimeNet`).
+        hidden_dim, num_layers, zero_init: policy/flow network shape; zero_init zeroes the last layer.
+        learned_variance: learn v = log_var_range·tanh(v_raw); else v = 0.
+        log_var_range: range of the learned log-variance multiplier.
+        langevin: Langevin parametrisation μ = NN(s, t) + g(t)·clip(∇log r(s)).
+        langevin_per_dim: g(t) per dimension instead of a scalar.
+        lgv_clip: clip of ∇log r; out_clip: clip of the raw policy output; both only when ``clipping``.
+        learn_pb: learn the backward corrections with range ``pb_scale_range``.
+        flow: ``scalar`` (log Z), ``conditional`` (log F_θ(s, t)) or ``forward_looking`` (SPEC §2).
+        log_Z_init: initial value of the scalar log Z.
+    """
+
+    def __init__(
+        self,
+        energy: Energy,
+        T: int = 100,
+        t_scale: float = 1.0,
+        arch: str = "pis",
+        hidden_dim: int = 64,
+        num_layers: int = 2,
+        zero_init: bool = True,
+        learned_variance: bool = True,
+        log_var_range: float = 4.0,
+        langevin: bool = False,
+        langevin_per_dim: bool = False,
+        clipping: bool = True,
+        lgv_clip: float = 100.0,
+        out_clip: float = 1e4,
+        learn_pb: bool = False,
+        pb_scale_range: float = 0.1,
+        flow: str = "scalar",
+        log_Z_init: float = 0.0,
+    ):
+        super().__init__()
+        if flow not in FLOWS:
+            raise ValueError(f"model.flow must be one of {', '.join(FLOWS)} (got {flow})")
+        object.__setattr__(self, "energy", energy)  # not registered: its state is not ours
+        d = energy.dim
+        self.dim, self.T, self.dt = d, int(T), 1.0 / T
+        self.t_scale = float(t_scale)
+        self.learned_variance, self.log_var_range = learned_variance, float(log_var_range)
+        self.langevin, self.clipping = langevin, clipping
+        self.lgv_clip, self.out_clip = float(lgv_clip), float(out_clip)
+        self.learn_pb, self.pb_scale_range = learn_pb, float(pb_scale_range)
+        self.flow_type = flow
+
+        out = 2 * d if learned_variance else d
+        self.policy = StateTimeNet(d, out, arch, hidden_dim, num_layers, zero_init)
+        self.lgv_scale = TimeScaleNet(d if langevin_per_dim else 1, hidden_dim) if langevin else None
+        self.pb_net = StateTimeNet(d, 2 * d, arch, hidden_dim, num_layers, zero_init=True) if learn_pb else None
+        if flow == "scalar":
+            self.log_Z = nn.Parameter(torch.tensor(float(log_Z_init)))
+            self.flow_net = None
+        else:
+            self.log_Z = None
+            self.flow_net = StateTimeNet(d, 1, arch, hidden_dim, num_layers, zero_init)
+        self.register_buffer("times", torch.arange(self.T + 1, dtype=torch.float32) / self.T, persistent=False)
+
+    # ----------------------------------------------------------------------------------------------- parameters
+    def policy_parameters(self) -> list[nn.Parameter]:
+        ps = list(self.policy.parameters())
+        return ps + (list(self.lgv_scale.parameters()) if self.lgv_scale is not None else [])
+
+    def flow_parameters(self) -> list[nn.Parameter]:
+        return [self.log_Z] if self.log_Z is not None else list(self.flow_net.parameters())
+
+    def backward_parameters(self) -> list[nn.Parameter]:
+        return list(self.pb_net.parameters()) if self.pb_net is not None else []
+
+    # ------------------------------------------------------------------------------------------ policy pieces
+    def _policy(
+        self, s: torch.Tensor, t_emb: torch.Tensor, g: torch.Tensor | None, grad: torch.Tensor | None
+    ) -> _PolicyOut:
+        """Drift and log-variance multiplier at states ``s [..., B, d]`` (t_emb, g broadcast to it)."""
+        out = self.policy(s, t_emb)
+        if self.clipping:
+            out = out.clamp(-self.out_clip, self.out_clip)
+        d = self.dim
+        mean = out[..., :d]
+        if self.langevin:
+            if self.clipping:
+                grad = grad.clamp(-self.lgv_clip, self.lgv_clip)
+            mean = mean + g * grad
+        log_var = self.log_var_range * torch.tanh(out[..., d:]) if self.learned_variance else 0.0
+        return _PolicyOut(mean, log_var)
+
+    def _pf_var(self, log_var) -> torch.Tensor | float:
+        var = self.dt * self.t_scale
+        return var * torch.exp(log_var) if isinstance(log_var, torch.Tensor) else var
+
+    def _pb_mean_var(self, s_next: torch.Tensor, idx: torch.Tensor, pb_out: torch.Tensor | None):
+        """Brownian-bridge P_B(s_i | s_{i+1}) for step indices ``idx`` (i ≥ 1), ``s_next [..., B, d]``."""
+        shape = (-1,) + (1,) * (s_next.dim() - 1)
+        i = idx.to(s_next.dtype).reshape(shape)
+        pull = s_next / (i + 1)
+        var = self.t_scale * self.dt * i / (i + 1)
+        if pb_out is not None:
+            a, b = pb_out[..., : self.dim], pb_out[..., self.dim :]
+            pull = pull * (1 + self.pb_scale_range * torch.tanh(a))
+            var = var * (1 + self.pb_scale_range * torch.tanh(b))
+        return s_next - pull, var
+
+    def _time_grid(self):
+        times = self.times
+        t_emb = self.policy.embed_time(times)  # [T+1, H] once per rollout
+        g = self.lgv_scale(times) if self.langevin else None  # [T+1, 1 or d]
+        return times, t_emb, g
+
+    # ---------------------------------------------------------------------------------------- state quantities
+    def _energy_at(self, states: torch.Tensor, need_grad: bool):
+        """log r (and ∇log r) at ``states [T', B, d]`` in one batched call."""
+        flat = states.reshape(-1, self.dim)
+        if need_grad:
+            lr, grad = self.energy.log_reward_and_grad(flat)
+            return lr.reshape(states.shape[:-1]), grad.reshape(states.shape)
+        with torch.no_grad():
+            return self.energy.log_reward(flat).reshape(states.shape[:-1]), None
+
+    def _log_flows(self, states: torch.Tensor, log_r_states: torch.Tensor | None, log_reward: torch.Tensor):
+        """``[B, T+1]`` log-flows, terminal column = log r (conditional / forward-looking flows)."""
+        T = self.T
+        inner = states[:T]  # [T, B, d]
+        f_emb = self.flow_net.embed_time(self.times[:T])[:, None]  # [T, 1, H]
+        F = self.flow_net(inner, f_emb).squeeze(-1)  # [T, B]
+        if self.flow_type == "forward_looking":
+            t = self.times[:T, None]  # [T, 1]
+            i = torch.arange(T, device=states.device, dtype=states.dtype)
+            ref_var = (self.t_scale * self.dt * torch.clamp(i, min=1.0))[:, None, None]  # [T, 1, 1]
+            ref = gaussian_log_prob(inner, torch.zeros((), device=states.device), ref_var.expand_as(inner[..., :1]))
+            F = F + (1 - t) * ref + t * log_r_states[:T]
+        return torch.cat([F, log_reward[None]], 0).transpose(0, 1)  # [B, T+1]
+
+    def _log_pb(self, states: torch.Tensor) -> torch.Tensor:
+        """``[T, B]`` log P_B(s_i | s_{i+1}) for states ``[T+1, B, d]``; the step to s_0 is deterministic."""
+        T = self.T
+        idx = torch.arange(1, T, device=states.device)
+        s_next, s_prev = states[2:], states[1:T]  # [T-1, B, d]
+        pb_out = None
+        if self.pb_net is not None:
+            pb_emb = self.pb_net.embed_time(self.times[2:])[:, None]
+            pb_out = self.pb_net(s_next, pb_emb)
+        mean, var = self._pb_mean_var(s_next, idx, pb_out)
+        var = var.expand_as(s_prev) if isinstance(var, torch.Tensor) else var
+        lp = gaussian_log_prob(s_prev, mean, var)  # [T-1, B]
+        return torch.cat([torch.zeros_like(lp[:1]), lp], 0)
+
+    def _log_pf(self, states, t_emb, g, grads) -> torch.Tensor:
+        """``[T, B]`` log P_F(s_{i+1} | s_i) under the unexplored policy, batched over steps."""
+        T = self.T
+        s, s_next = states[:T], states[1:]
+        out = self._policy(s, t_emb[:T, None], None if g is None else g[:T, None], grads)
+        return gaussian_log_prob(s_next, s + self.dt * out.mean, self._pf_var(out.log_var))
+
+    def _assemble(self, states: torch.Tensor, log_pf, log_pb, log_reward, log_r_states) -> Trajectories:
+        log_flow, log_Z = None, None
+        if self.flow_type == "scalar":
+            log_Z = self.log_Z
+        else:
+            log_flow = self._log_flows(states, log_r_states, log_reward)
+            log_Z = log_flow[:, 0]
+        return Trajectories(
+            states=states.transpose(0, 1),
+            log_pf=log_pf.transpose(0, 1),
+            log_pb=log_pb.transpose(0, 1),
+            log_reward=log_reward,
+            log_Z=log_Z,
+            log_flow=log_flow,
+            log_reward_states=None if log_r_states is None else log_r_states.transpose(0, 1),
+        )
+
+    # ------------------------------------------------------------------------------------------------ rollouts
+    def rollout_forward(
+        self,
+        n: int,
+        exploration_std: float | torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        reparam: bool = False,
+    ) -> Trajectories:
+        """Sample ``n`` forward trajectories.
+
+        Args:
+            n: batch size B.
+            exploration_std: ε, extra per-step noise std added in quadrature (sampling only).
+            generator: source of all sampling noise.
+            reparam: keep the gradient through the sampled states (PIS objective); otherwise states are sampled
+                without autograd and log P_F is evaluated afterwards with gradients.
+
+        Returns:
+            Trajectories with states ``[B, T+1, d]``.
+        """
+        T, d, dt = self.T, self.dim, self.dt
+        device = self.times.device
+        times, t_emb, g = self._time_grid()
+        eps2 = 0.0 if exploration_std is None else float(exploration_std) ** 2
+        need_grad = self.langevin
+        s = torch.zeros(n, d, device=device)
+        states, grads, log_rs, outs = [s], [], [], []
+        with torch.set_grad_enabled(reparam and torch.is_grad_enabled()):
+            for i in range(T):
+                gi = None
+                if need_grad:
+                    lr_i, gi = self.energy.log_reward_and_grad(s.detach())
+                    log_rs.append(lr_i)
+                    grads.append(gi)
+                out = self._policy(s, t_emb[i], None if g is None else g[i], gi)
+                var = self._pf_var(out.log_var)
+                std = torch.sqrt(var + eps2) if isinstance(var, torch.Tensor) else math.sqrt(var + eps2)
+                noise = torch.randn(n, d, device=device, generator=generator)
+                s = s + dt * out.mean + std * noise
+                states.append(s)
+                outs.append(out)
+        S = torch.stack(states)  # [T+1, B, d]
+        G = torch.stack(grads) if need_grad else None  # [T, B, d]
+        if reparam:
+            log_reward = self.energy.log_reward(S[-1])
+            mean = torch.stack([o.mean for o in outs])
+            lv = torch.stack([o.log_var for o in outs]) if self.learned_variance else 0.0
+            log_pf = gaussian_log_prob(S[1:], S[:-1] + dt * mean, self._pf_var(lv))
+        else:
+            S = S.detach()
+            with torch.no_grad():
+                log_reward = self.energy.log_reward(S[-1])
+            log_pf = self._log_pf(S, t_emb, g, G)
+        log_r_states = None
+        if self.flow_type == "forward_looking":
+            if need_grad:
+                log_r_states = torch.cat([torch.stack(log_rs), log_reward.detach()[None]], 0)
+            else:
+                log_r_states = torch.cat([self._energy_at(S[:T], False)[0], log_reward.detach()[None]], 0)
+        return self._assemble(S, log_pf, self._log_pb(S), log_reward, log_r_states)
+
+    def rollout_backward(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, log_reward: torch.Tensor | None = None
+    ) -> Trajectories:
+        """Sample backward (Brownian-bridge) trajectories ending at ``x [B, d]`` (a trailing extra column, as in
+        torchgfn's ``(B, d+1)`` states, is dropped).
+
+        Returns:
+            Trajectories with ``states[:, -1] == x`` and ``states[:, 0] == 0``; log P_F and log P_B carry
+            gradients for the policy, flow and backward networks.
+        """
+        T, d = self.T, self.dim
+        x = x.detach()
+        if x.shape[-1] == d + 1:
+            x = x[..., :d]
+        if x.dim() != 2 or x.shape[-1] != d:
+            raise ValueError(f"rollout_backward expects terminal states of shape [B, {d}] (got {tuple(x.shape)})")
+        x = x.to(self.times.device)
+        n = x.shape[0]
+        states = [x]
+        s = x
+        with torch.no_grad():
+            pb_emb = self.pb_net.embed_time(self.times) if self.pb_net is not None else None
+            for i in range(T - 1, 0, -1):
+                pb_out = self.pb_net(s, pb_emb[i + 1]) if pb_emb is not None else None
+                mean, var = self._pb_mean_var(s, torch.tensor([i], device=s.device), pb_out)
+                std = var.sqrt() if isinstance(var, torch.Tensor) else math.sqrt(var)
+                s = mean.reshape(n, d) + std * torch.randn(n, d, device=s.device, generator=generator)
+                states.append(s)
+            states.append(torch.zeros_like(x))
+        S = torch.stack(states[::-1])  # [T+1, B, d]
+        need_lr_states = self.flow_type == "forward_looking"
+        log_r_states, G = None, None
+        if self.langevin or need_lr_states:
+            log_r_states, G_all = self._energy_at(S, self.langevin)
+            G = None if G_all is None else G_all[:T]
+            if log_reward is None:
+                log_reward = log_r_states[-1]
+        if log_reward is None:
+            with torch.no_grad():
+                log_reward = self.energy.log_reward(x)
+        if log_r_states is not None:
+            log_r_states = torch.cat([log_r_states[:T], log_reward[None]], 0)
+        _, t_emb, g = self._time_grid()
+        log_pf = self._log_pf(S, t_emb, g, G)
+        return self._assemble(S, log_pf, self._log_pb(S), log_reward, log_r_states if need_lr_states else None)

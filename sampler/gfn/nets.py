@@ -1,0 +1,105 @@
+"""Policy, flow and Langevin-scaling networks of the diffusion sampler (SPEC §2).
+
+Every network splits into a *time* part, evaluated once for a whole grid of times ``[T, H]``, and a *state*
+part evaluated on ``[..., B, d]`` states, so a rollout never embeds the same time B times.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class HarmonicTimeFeatures(nn.Module):
+    """PIS time features ``[sin(f·t + φ), cos(f·t + φ)]`` with f = linspace(0.1, 100, n) and learned phase φ."""
+
+    def __init__(self, n_harmonics: int = 64):
+        super().__init__()
+        self.register_buffer("freqs", torch.linspace(0.1, 100.0, n_harmonics))
+        self.phase = nn.Parameter(torch.randn(n_harmonics))
+        self.out_dim = 2 * n_harmonics
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        arg = t[:, None] * self.freqs + self.phase  # [T, n]
+        return torch.cat([arg.sin(), arg.cos()], dim=-1)  # [T, 2n]
+
+
+class StateTimeNet(nn.Module):
+    """f(s, t) → R^out, split as ``embed_time(t) [T, H]`` once, then ``forward(s, t_emb)``.
+
+    Architectures:
+        ``pis``: t ↦ Linear(128, H) → GELU → Linear(H, H); s ↦ Linear(d, H); (s_emb + t_emb) → GELU →
+            num_layers × [Linear(H, H) → GELU] → Linear(H, out)   (Zhang & Chen 2022, as in Sendera et al.)
+        ``mlp``: a plain MLP on the concatenation [s, time features]: Linear(d + 128, H) → GELU →
+            num_layers × [Linear(H, H) → GELU] → Linear(H, out). (The concatenation is computed as the sum of
+            the state and time halves of the first layer, so the time half is still evaluated once per time.)
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        arch: str = "pis",
+        hidden_dim: int = 64,
+        num_layers: int = 2,
+        zero_init: bool = True,
+    ):
+        super().__init__()
+        self.arch = arch
+        self.time_features = HarmonicTimeFeatures(64)
+        tf = self.time_features.out_dim
+        if arch == "pis":
+            self.time_net = nn.Sequential(nn.Linear(tf, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim))
+            self.state_net = nn.Linear(dim, hidden_dim)
+        elif arch == "mlp":
+            self.time_net = nn.Linear(tf, hidden_dim, bias=False)
+            self.state_net = nn.Linear(dim, hidden_dim)
+        else:
+            raise ValueError(f"model.arch must be one of pis, mlp (got {arch})")
+        layers: list[nn.Module] = [nn.GELU()]
+        for _ in range(num_layers):
+            layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
+        self.joint = nn.Sequential(*layers)
+        self.out = nn.Linear(hidden_dim, out_dim)
+        if zero_init:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def embed_time(self, t: torch.Tensor) -> torch.Tensor:
+        """``t [T]`` → ``[T, H]``."""
+        return self.time_net(self.time_features(t))
+
+    def forward(self, s: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        """``s [..., B, d]``, ``t_emb`` broadcastable to ``[..., B, H]`` → ``[..., B, out]``."""
+        return self.out(self.joint(self.state_net(s) + t_emb))
+
+
+class TimeScaleNet(nn.Module):
+    """g(t) of the Langevin parametrisation: time features → MLP → ``out_dim``, starting at exactly 0.01."""
+
+    def __init__(self, out_dim: int = 1, hidden_dim: int = 64):
+        super().__init__()
+        self.time_features = HarmonicTimeFeatures(64)
+        self.net = nn.Sequential(
+            nn.Linear(self.time_features.out_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, out_dim),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.constant_(self.net[-1].bias, 0.01)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """``t [T]`` → ``[T, out_dim]``."""
+        return self.net(self.time_features(t))
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """Σ over the last dim of log N(x; mean, var) (diagonal), broadcasting; ``var`` may be a float."""
+    if not isinstance(var, torch.Tensor):
+        d = x.shape[-1]
+        return -0.5 * ((x - mean).pow(2).sum(-1) / var + d * math.log(2 * math.pi * var))
+    return -0.5 * ((x - mean).pow(2) / var + torch.log(2 * math.pi * var)).sum(-1)
