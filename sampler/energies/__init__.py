@@ -2,6 +2,7 @@
 
 from sampler.energies.base import Energy, NonFiniteRewardError, check_finite
 from sampler.energies.funnel import EasyFunnel, Funnel, HardFunnel
+from sampler.energies.gaussian import DiagonalGaussian
 from sampler.energies.gmm import GMM9, GMM25, GMM40, GaussianMixture
 from sampler.energies.manywell import ManyWell
 
@@ -13,9 +14,11 @@ ENERGIES: dict[str, type[Energy]] = {
     "hard_funnel": Funnel,
     "easy_funnel": EasyFunnel,
     "manywell": ManyWell,
+    "gaussian": DiagonalGaussian,
 }
 
 __all__ = [
+    "DiagonalGaussian",
     "ENERGIES",
     "GMM9",
     "GMM25",

@@ -1,0 +1,106 @@
+"""Fail fast on a bad configuration, before anything is built: one line naming the key and what is allowed.
+
+Hydra already rejects unknown group options (``energy=gmm26``) and misspelt keys (``model.hidden_dimm=3``);
+this module checks the values: enumerations, positive sizes, and which objectives work with which flows and
+training phases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from omegaconf import DictConfig
+
+from sampler.gfn.diffusion import FLOWS
+from sampler.losses import ALIASES, LOSSES
+
+PHASES = ("forward", "backward", "both_ways")
+BACKWARD_SOURCES = ("exact",)
+ARCHS = ("pis", "mlp")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message is one line naming the key."""
+
+
+def _choice(key: str, value, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value} is not an option; choose one of: {', '.join(allowed)}")
+
+
+def _positive(cfg: DictConfig, *keys: str, integer: bool = True, allow_zero: bool = False) -> None:
+    for key in keys:
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        ok = isinstance(value, int) and not isinstance(value, bool) if integer else isinstance(value, (int, float))
+        if not ok or value < 0 or (value == 0 and not allow_zero):
+            what = "a positive integer" if integer else "a positive number"
+            if allow_zero:
+                what = what.replace("positive", "non-negative")
+            raise ConfigError(f"{key} must be {what} (got {value!r})")
+
+
+def loss_name(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` on the first value that cannot work."""
+    all_losses = list(LOSSES) + list(ALIASES)
+    _choice("loss.name", cfg.loss.name, all_losses)
+    _choice("model.flow", cfg.model.flow, FLOWS)
+    _choice("model.arch", cfg.model.arch, ARCHS)
+    _choice("train.phases", cfg.train.phases, PHASES)
+    _choice("train.backward_source", cfg.train.backward_source, BACKWARD_SOURCES)
+    _choice("train.backward_loss", cfg.train.backward_loss, all_losses)
+    if cfg.get("seed") is None or not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer (got {cfg.get('seed')!r})")
+    _positive(
+        cfg,
+        "train.steps",
+        "train.batch_size",
+        "model.T",
+        "model.hidden_dim",
+        "eval.every",
+        "eval.K",
+        "checkpoint.every",
+    )
+    _positive(cfg, "model.num_layers", allow_zero=True)
+    _positive(cfg, "model.t_scale", "train.lr_policy", "train.lr_flow", "train.lr_back", "loss.lam", integer=False)
+    _positive(cfg, "train.weight_decay", integer=False, allow_zero=True)
+    if cfg.train.grad_clip is not None:
+        _positive(cfg, "train.grad_clip", integer=False)
+    if cfg.eval.K < 2:
+        raise ConfigError(f"eval.K must be at least 2 (got {cfg.eval.K})")
+    if cfg.model.learned_variance:
+        _positive(cfg, "model.log_var_range", integer=False)
+
+    flow = cfg.model.flow
+    phases = cfg.train.phases
+    fwd, bwd = loss_name(cfg.loss.name), loss_name(cfg.train.backward_loss)
+    if phases in ("forward", "both_ways"):
+        spec = LOSSES[fwd]
+        if not spec.forward:
+            raise ConfigError(
+                f"loss={cfg.loss.name} trains on backward trajectories only; "
+                f"set train.phases=backward (got train.phases={phases})"
+            )
+        if flow not in spec.flows:
+            raise ConfigError(f"loss={cfg.loss.name} needs model.flow in {{{', '.join(spec.flows)}}} (got {flow})")
+    if phases in ("backward", "both_ways"):
+        spec = LOSSES[bwd]
+        key = "train.backward_loss" if phases == "both_ways" else "loss.name"
+        if not spec.backward:
+            ok = [n for n, s in LOSSES.items() if s.backward]
+            raise ConfigError(
+                f"{key}={cfg.train.backward_loss} cannot train on backward trajectories; choose one of: {', '.join(ok)}"
+            )
+        if flow not in spec.flows:
+            raise ConfigError(f"train.backward_loss={bwd} needs model.flow in {{{', '.join(spec.flows)}}} (got {flow})")
+    for m in cfg.train.lr_milestones:
+        if not isinstance(m, int) or m <= 0:
+            raise ConfigError(
+                f"train.lr_milestones must be positive step numbers (got {list(cfg.train.lr_milestones)})"
+            )

@@ -1,0 +1,87 @@
+"""``manifest.json``: everything about a run that is not in its config (code version, environment, timing)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+PACKAGES = (
+    "torch",
+    "lightning",
+    "hydra-core",
+    "omegaconf",
+    "wandb",
+    "pot",
+    "submitit",
+    "hydra-submitit-launcher",
+    "numpy",
+    "matplotlib",
+    "sampler",
+)
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_state() -> dict:
+    commit = _git("rev-parse", "HEAD")
+    diff = _git("diff", "HEAD")
+    return {
+        "git_commit": commit.strip() if commit else None,
+        "git_dirty": bool(diff and diff.strip()) if diff is not None else None,
+        "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
+    }
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def build_manifest(seed: int, device: str) -> dict:
+    return {
+        "start_time": now(),
+        "end_time": None,
+        "host": socket.gethostname(),
+        "command": sys.argv,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "seed": seed,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        **git_state(),
+        "packages": package_versions(),
+        "resumes": [],
+    }
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
