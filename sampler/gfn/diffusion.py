@@ -181,7 +181,7 @@ class DiffusionGFN(nn.Module):
         mean, var = self._pb_mean_var(s_next, idx, pb_out)
         var = var.expand_as(s_prev) if isinstance(var, torch.Tensor) else var
         lp = gaussian_log_prob(s_prev, mean, var)  # [T-1, B]
-        return torch.cat([torch.zeros_like(lp[:1]), lp], 0)
+        return torch.cat([lp.new_zeros(1, states.shape[1]), lp], 0)
 
     def _log_pf(self, states, t_emb, g, grads) -> torch.Tensor:
         """``[T, B]`` log P_F(s_{i+1} | s_i) under the unexplored policy, batched over steps."""

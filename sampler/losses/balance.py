@@ -51,9 +51,10 @@ def detailed_balance(traj: Trajectories) -> torch.Tensor:
     Returns:
         ``[B]`` per-trajectory loss.
     """
-    F = _require(traj.log_flow, "state flows log F(s)", "db")  # [B, T+1]
-    res = F[:, :-1] + traj.log_pf - traj.log_pb - F[:, 1:]  # [B, T]
-    return 0.5 * traj._masked(res.pow(2)).sum(1)
+    _require(traj.log_flow, "state flows log F(s)", "db")
+    F = _terminal_flows(traj)  # [B, T+1], the terminal state's flow is its log-reward
+    res = traj._masked(F[:, :-1] + traj.log_pf - traj.log_pb - F[:, 1:])  # [B, T]; mask before squaring
+    return 0.5 * res.pow(2).sum(1)
 
 
 def _terminal_flows(traj: Trajectories) -> torch.Tensor:

@@ -27,14 +27,20 @@ class NonFiniteLossError(FloatingPointError):
     """A loss that is NaN/inf: never trained on."""
 
 
+def _root_cause(err: BaseException) -> str:
+    """``Type: message`` of the innermost exception, on one line."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: " + " ".join(str(err).split())
+
+
 def build_energy(cfg: DictConfig) -> Energy:
     """Instantiate ``cfg.energy`` and check it implements the protocol (SPEC §1)."""
     target = cfg.energy.get("_target_")
     try:
         energy = instantiate(cfg.energy)
     except InstantiationException as err:
-        cause = err.__cause__ or err
-        raise ConfigError(f"energy._target_={target} could not be built: {type(cause).__name__}: {cause}") from err
+        raise ConfigError(f"energy._target_={target} could not be built: {_root_cause(err)}") from err
     for attr in ("dim", "log_reward"):
         if not hasattr(energy, attr):
             raise ConfigError(f"energy._target_={target} is not an energy: it has no `{attr}` (see README, energies)")
@@ -48,8 +54,7 @@ def build_gfn(cfg: DictConfig, energy: Energy) -> torch.nn.Module:
     try:
         return instantiate(cfg.model, energy=energy)
     except InstantiationException as err:
-        cause = err.__cause__ or err
-        raise ConfigError(f"model could not be built: {type(cause).__name__}: {cause}") from err
+        raise ConfigError(f"model could not be built: {_root_cause(err)}") from err
 
 
 class SamplerModule(L.LightningModule):

@@ -1,0 +1,42 @@
+"""Shared fixtures: compose the real config tree (as `scripts/train.py` does) into a temporary run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import sampler.training  # noqa: F401  (registers the config resolvers)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+
+#: Small sizes that keep a run to about a second: what the smoke tests need, not what a user trains with.
+TINY = [
+    "model.T=10",
+    "model.hidden_dim=16",
+    "train.batch_size=16",
+    "train.steps=5",
+    "eval.every=5",
+    "eval.K=64",
+    "eval.plots=false",
+    "checkpoint.every=5",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def compose_cfg(overrides: list[str], run_dir: Path | None = None) -> DictConfig:
+    """The composed root config with ``overrides`` (and ``paths.run_dir=run_dir``)."""
+    extra = [f"paths.run_dir={run_dir}"] if run_dir is not None else []
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides) + extra)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    def make(*overrides: str, run_dir: Path | None = None) -> DictConfig:
+        return compose_cfg(TINY + list(overrides), run_dir or tmp_path / "run")
+
+    return make
