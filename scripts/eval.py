@@ -1,20 +1,13 @@
-"""Re-evaluate a checkpoint (SPEC §8): `python scripts/eval.py ckpt=RUN/checkpoints/last.ckpt [K=2000] [seed=0]
+"""Re-evaluate a checkpoint (SPEC §8): `python scripts/eval.py ckpt=RUN/checkpoints/last.ckpt [K=2000] [seed=N]
 [out=metrics_eval.json] [plots=DIR] [device=cpu] [config=RUN/config_resolved.yaml]`. Prints the metrics as JSON."""
 
 import json
 import sys
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
-import sampler.training  # noqa: F401  (registers the config resolvers)
-from sampler.evaluation import evaluate, plot_samples
-from sampler.training.checkpointing import CheckpointError
-from sampler.training.config_check import ConfigError
-from sampler.training.loading import load_module
-
-USAGE = "usage: python scripts/eval.py ckpt=PATH [K=2000] [seed=0] [out=FILE.json] [plots=DIR] [device=cpu]"
+USAGE = "usage: python scripts/eval.py ckpt=PATH [K=2000] [seed=N] [out=FILE.json] [plots=DIR] [device=cpu]"
 KEYS = {"ckpt", "K", "seed", "out", "plots", "device", "config"}
 
 
@@ -27,16 +20,29 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    if not Path(str(args.ckpt)).is_file():
+        print(f"error: checkpoint not found: {args.ckpt}", file=sys.stderr)
+        return 2
+    import torch  # heavy imports only once the arguments are known to be good
+
+    from sampler.evaluation import evaluate, plot_samples
+    from sampler.training.callbacks import eval_seed
+    from sampler.training.checkpointing import CheckpointError
+    from sampler.training.config_check import ConfigError
+    from sampler.training.loading import load_module
+
     try:
         module, cfg, step = load_module(args.ckpt, args.get("config"), args.get("device", "cpu"))
     except (CheckpointError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     K = int(args.get("K", cfg.eval.K))
-    seed = int(args.get("seed", cfg.seed))
+    # By default the same evaluation noise as the run's own evaluation at this step, so the run's final
+    # metrics.json is reproduced exactly; seed=N draws different noise.
+    seed = int(args["seed"]) if "seed" in args else eval_seed(cfg.seed, step)
     gen = torch.Generator(device=module.energy.device).manual_seed(seed)
     with torch.enable_grad() if module.gfn.langevin else torch.no_grad():
-        metrics, samples = evaluate(module.gfn, module.energy, K=K, generator=gen, seed=seed)
+        metrics, samples = evaluate(module.gfn, module.energy, K=K, generator=gen, seed=int(cfg.seed))
     metrics["step"] = float(step)
     if args.get("plots"):
         plot_samples(

@@ -4,14 +4,7 @@ out=samples.pt [seed=0] [device=cpu]`. `out` ending in .pt (a tensor [n, d]), .n
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
 from omegaconf import OmegaConf
-
-import sampler.training  # noqa: F401  (registers the config resolvers)
-from sampler.training.checkpointing import CheckpointError
-from sampler.training.config_check import ConfigError
-from sampler.training.loading import load_module
 
 USAGE = "usage: python scripts/sample.py ckpt=PATH n=N out=FILE(.pt|.npy|.csv) [seed=0] [batch=10000] [device=cpu]"
 KEYS = {"ckpt", "n", "out", "seed", "batch", "device", "config"}
@@ -33,6 +26,17 @@ def main(argv: list[str]) -> int:
     if n <= 0:
         print(f"error: n must be a positive integer (got {n})", file=sys.stderr)
         return 2
+    import numpy as np
+
+    if not Path(str(args.ckpt)).is_file():
+        print(f"error: checkpoint not found: {args.ckpt}", file=sys.stderr)
+        return 2
+    import torch  # heavy imports only once the arguments are known to be good
+
+    from sampler.training.checkpointing import CheckpointError
+    from sampler.training.config_check import ConfigError
+    from sampler.training.loading import load_module
+
     try:
         module, cfg, step = load_module(args.ckpt, args.get("config"), args.get("device", "cpu"))
     except (CheckpointError, ConfigError) as err:

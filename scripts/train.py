@@ -1,4 +1,6 @@
-"""Train a sampler: `python scripts/train.py [group=option ...] [key=value ...]` (see README.md)."""
+"""Train a sampler: `python scripts/train.py [group=option ...] [key=value ...] [-m key=a,b,c]` (see README.md)."""
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -13,5 +15,13 @@ def app(cfg: DictConfig) -> float | None:
     return metrics.get("dlogZ_rw")
 
 
+def flags_first(argv: list[str]) -> list[str]:
+    """Move Hydra's value-less flags before the overrides: argparse rejects overrides on both sides of ``-m``, and
+    users type ``train.py loss=subtb energy=funnel -m seed=0,1,2``."""
+    flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
+    return argv[:1] + flags + [a for a in argv[1:] if a not in flags]
+
+
 if __name__ == "__main__":
+    sys.argv = flags_first(sys.argv)
     app()
