@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TINY
+from omegaconf import OmegaConf
+
+from sampler.training.run import find_unfinished_twin
 
 PY = sys.executable
 
@@ -38,9 +41,10 @@ def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_a_killed_run_resumes_from_last_ckpt_bit_for_bit(tmp_path):
+    # The user's view: kill a run, type the same command again; it continues the unfinished run directory.
     args = [
         "scripts/train.py",
-        "train.steps=60",
+        "trainer.max_steps=60",
         "model.T=20",
         "train.batch_size=64",
         "eval.every=20",
@@ -51,20 +55,21 @@ def test_a_killed_run_resumes_from_last_ckpt_bit_for_bit(tmp_path):
         "train.phases=both_ways",
         "trainer.enable_progress_bar=false",
     ]
-    a, b = tmp_path / "uninterrupted", tmp_path / "interrupted"
-    run_script(*args, f"hydra.run.dir={a}")
+    a_root, b_root = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    run_script(*args, f"paths.root={a_root}")
 
     proc = subprocess.Popen(
-        [PY, *args, f"hydra.run.dir={b}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [PY, *args, f"paths.root={b_root}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.time() + 120
-    while not (b / "checkpoints" / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
+    while not list(b_root.glob("runs/*/checkpoints/last.ckpt")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up, as with a pre-empted job or a power cut
     proc.wait()
-    assert not (b / "metrics.json").exists(), "the run finished before it could be killed"
+    assert not list(b_root.glob("runs/*/metrics.json")), "the run finished before it could be killed"
 
-    run_script(*args, f"hydra.run.dir={b}")  # the same command again, in the same directory
+    run_script(*args, f"paths.root={b_root}")  # the same command again
+    (a,), (b,) = list((a_root / "runs").iterdir()), list((b_root / "runs").iterdir())
     manifest = json.loads((b / "manifest.json").read_text())
     assert len(manifest["resumes"]) == 1 and 10 <= manifest["resumes"][0]["from_step"] < 60
     assert (a / "metrics.json").read_text() == (b / "metrics.json").read_text()
@@ -73,9 +78,15 @@ def test_a_killed_run_resumes_from_last_ckpt_bit_for_bit(tmp_path):
     strip = [re.sub(r",[^,]*$", "", line) for line in (a / "metrics.csv").read_text().splitlines()]  # eval_s
     assert strip == [re.sub(r",[^,]*$", "", line) for line in (b / "metrics.csv").read_text().splitlines()]
 
+    # A finished run is not continued: the same command once more would start a new run directory.
+    resolved = OmegaConf.to_container(OmegaConf.load(b / "config_resolved.yaml"))
+    assert find_unfinished_twin(b_root / "runs" / "new", resolved) is None
+    (b / "metrics.json").unlink()
+    assert find_unfinished_twin(b_root / "runs" / "new", resolved) == b
+
 
 def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
-    args = ["scripts/train.py", *TINY, "train.steps=10", "eval.every=10", f"hydra.run.dir={tmp_path}"]
+    args = ["scripts/train.py", *TINY, "trainer.max_steps=10", "eval.every=10", f"hydra.run.dir={tmp_path}"]
     run_script(*args)
     ckpts = tmp_path / "checkpoints"
     assert (ckpts / "previous.ckpt").exists()

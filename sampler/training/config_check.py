@@ -59,7 +59,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"seed must be a non-negative integer (got {cfg.get('seed')!r})")
     _positive(
         cfg,
-        "train.steps",
+        "trainer.max_steps",
         "train.batch_size",
         "model.T",
         "model.hidden_dim",

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -68,6 +71,17 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    if (
+        cfg.checkpoint.resume
+        and cfg.checkpoint.continue_unfinished
+        and find_resume_checkpoint(run_dir / "checkpoints") == (None, None)
+    ):
+        default_parent = (Path(str(cfg.paths.root)) / "runs").resolve()
+        twin = find_unfinished_twin(run_dir, resolved) if run_dir.resolve().parent == default_parent else None
+        if twin is not None:
+            run_dir = _move_to(run_dir, twin)
+            resolved["paths"]["run_dir"] = str(run_dir)
+    lock = _RunLock(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_path, ckpt = find_resume_checkpoint(ckpt_dir) if cfg.checkpoint.resume else (None, None)
     saved_cfg = run_dir / "config_resolved.yaml"
@@ -81,6 +95,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             )
     OmegaConf.save(OmegaConf.create(resolved), saved_cfg)
 
+    with lock:
+        return _train_in(cfg, run_dir, ckpt_path, ckpt)
+
+
+def _train_in(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None, ckpt: dict | None) -> tuple[dict, dict]:
     _quiet_lightning()
     L.seed_everything(int(cfg.seed), workers=False, verbose=False)
     module = SamplerModule(cfg)
@@ -107,7 +126,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         csv.truncate(int(ckpt["global_step"]))
         log.info("resuming from %s at step %d", ckpt_path, int(ckpt["global_step"]))
 
-    steps = int(cfg.train.steps)
+    steps = int(cfg.trainer.max_steps)
     callback = RunCallback(
         run_dir,
         csv,
@@ -119,7 +138,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         bool(cfg.eval.plots),
     )
     trainer_kw = {
-        k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in ("log_every_n_steps",)
+        k: v
+        for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+        if k not in ("log_every_n_steps", "max_steps")
     }
     trainer = L.Trainer(
         max_steps=steps,
@@ -158,6 +179,72 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     manifest["end_time"] = now()
     write_json(manifest_path, manifest)
     return final, {"module": module, "trainer": trainer, "run_dir": run_dir}
+
+
+class _RunLock:
+    """``run.lock`` (pid and host) while a process trains in a run directory, so no second process joins it."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "run.lock"
+
+    def __enter__(self):
+        if self.path.exists() and _lock_is_live(self.path):
+            raise ConfigError(f"another process is training in {self.path.parent} ({self.path.read_text().strip()})")
+        self.path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def _lock_is_live(path: Path) -> bool:
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if info.get("host") != socket.gethostname():
+        return True  # cannot tell; assume the other machine is still at work
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (ProcessLookupError, ValueError, KeyError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_unfinished_twin(run_dir: Path, resolved: dict) -> Path | None:
+    """The newest sibling of ``run_dir`` that holds an unfinished run (a checkpoint, no ``metrics.json``, no live
+    process) of exactly this config: starting the same command again continues it."""
+    siblings = sorted((p for p in run_dir.parent.iterdir() if p.is_dir() and p != run_dir), reverse=True)
+    for other in siblings:
+        saved = other / "config_resolved.yaml"
+        if (other / "metrics.json").exists() or not saved.exists():
+            continue
+        if not ((other / "checkpoints" / "last.ckpt").exists() or (other / "checkpoints" / "previous.ckpt").exists()):
+            continue
+        if (other / "run.lock").exists() and _lock_is_live(other / "run.lock"):
+            continue
+        try:
+            previous = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+        except Exception:  # noqa: BLE001 - an unreadable config is not a twin
+            continue
+        if not _changed_keys(previous, resolved, ignore=("paths",)):
+            return other
+    return None
+
+
+def _move_to(new_dir: Path, twin: Path) -> Path:
+    """Continue in ``twin``: log there, and remove ``new_dir`` if it holds nothing but Hydra's own files."""
+    log.info(
+        "continuing the unfinished run in %s (same config; checkpoint.continue_unfinished=false starts afresh)", twin
+    )
+    handler = logging.FileHandler(twin / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    if all(p.name in (".hydra", "train.log") for p in new_dir.iterdir()):
+        shutil.rmtree(new_dir, ignore_errors=True)
+    return twin
 
 
 def _quiet_lightning() -> None:
