@@ -1,47 +1,26 @@
 """Draw samples from a trained sampler: `python scripts/sample.py ckpt=RUN/checkpoints/last.ckpt n=1000
-out=samples.pt [seed=0] [device=cpu]`. `out` ending in .pt (a tensor [n, d]), .npy or .csv."""
+out=samples.pt [seed=0] [batch=10000] [device=cpu]`. `out` ending in .pt (a tensor [n, d]), .npy or .csv."""
 
-import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from sampler.cli import UsageError, load_trained, parse_args, run
 
 USAGE = "usage: python scripts/sample.py ckpt=PATH n=N out=FILE(.pt|.npy|.csv) [seed=0] [batch=10000] [device=cpu]"
 KEYS = {"ckpt", "n", "out", "seed", "batch", "device", "config"}
 
 
 def main(argv: list[str]) -> int:
-    args = OmegaConf.from_cli(argv)
-    missing = [k for k in ("ckpt", "n", "out") if k not in args]
-    unknown = set(args) - KEYS
-    if missing or unknown:
-        what = f"missing {', '.join(missing)}" if missing else f"unknown argument {', '.join(sorted(unknown))}"
-        print(f"error: {what}\n{USAGE}", file=sys.stderr)
-        return 2
+    args = parse_args(argv, KEYS, ("ckpt", "n", "out"), USAGE)
     out = Path(str(args.out))
     if out.suffix not in (".pt", ".npy", ".csv"):
-        print(f"error: out={out} must end in .pt, .npy or .csv", file=sys.stderr)
-        return 2
+        raise UsageError(f"out={out} must end in .pt, .npy or .csv")
     n = int(args.n)
     if n <= 0:
-        print(f"error: n must be a positive integer (got {n})", file=sys.stderr)
-        return 2
+        raise UsageError(f"n must be a positive integer (got {n})")
+    module, cfg, step = load_trained(args)
     import numpy as np
+    import torch
 
-    if not Path(str(args.ckpt)).is_file():
-        print(f"error: checkpoint not found: {args.ckpt}", file=sys.stderr)
-        return 2
-    import torch  # heavy imports only once the arguments are known to be good
-
-    from sampler.training.checkpointing import CheckpointError
-    from sampler.training.config_check import ConfigError
-    from sampler.training.loading import load_module
-
-    try:
-        module, cfg, step = load_module(args.ckpt, args.get("config"), args.get("device", "cpu"))
-    except (CheckpointError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     gen = torch.Generator(device=module.energy.device).manual_seed(int(args.get("seed", cfg.seed)))
     batch = int(args.get("batch", 10000))
     chunks = []
@@ -62,4 +41,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run(main)
