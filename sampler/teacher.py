@@ -1,0 +1,142 @@
+"""The pure parts of the adaptive teacher (config group ``teacher``, SPEC §7).
+
+Kim et al. 2025, "Adaptive Teachers for Amortized Samplers" (ICLR 2025, https://arxiv.org/abs/2410.01432).
+A second GFlowNet, the *teacher*, is trained to sample where the *student* has a large trajectory-balance error;
+its samples, and a buffer ranked by the teacher reward, feed the student's backward (off-policy) TB steps.
+
+This module holds only functions of tensors and of the step — the student residual δ, the teacher reward R_T,
+the teacher's training log-reward, the reward threshold and the step schedule. It knows nothing of models,
+buffers or optimisers; the training module wires them together.
+
+Sign convention (checked against the authors' code, ``alstn12088/adaptive-teacher``): we write
+``δ = log F_0 + Σ log P_F − Σ log P_B − log r(x)``, the TB residual (TB loss = ½δ²). ``diffusion/gflownet_losses.py``
+(``fwd_tb``/``bwd_tb``) computes ``discrepancy = log r + Σ log P_B − Σ log P_F − log F_0 = −δ`` and gives weight 20
+where ``discrepancy > 0``, i.e. where δ < 0: the student puts less mass on x than the reward asks for
+(under-sampling). ``grid/models/teacher.py`` (``get_teacher_reward``) uses the same ``discrepancy`` with weight
+``1 + C·[discrepancy > 0]``, C = 19. Both agree with SPEC §7.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sampler.gfn.trajectories import Trajectories
+
+
+def student_delta(traj: Trajectories) -> torch.Tensor:
+    """The student's TB residual δ = log F_0 + Σ log P_F − Σ log P_B − log r(x) per trajectory.
+
+    δ < 0 means the student under-samples x (its forward path probability falls short of r(x)/Z); the TB loss of
+    the trajectory is ½δ². Gradients flow through ``traj`` unchanged; :func:`teacher_reward` detaches.
+
+    Args:
+        traj: the student's trajectories (forward, or backward from teacher/buffer samples) with ``log_Z``
+            scalar or ``[B]``; padded steps of discrete trajectories are masked out.
+
+    Returns:
+        ``[B]`` residuals δ.
+    """
+    if traj.log_Z is None:
+        raise ValueError("the teacher needs the student's initial flow log Z, but the trajectories carry none")
+    return traj.log_Z + traj.sum_log_pf() - traj.sum_log_pb() - traj.log_reward  # [B]
+
+
+def teacher_reward(
+    delta: torch.Tensor,
+    log_reward: torch.Tensor,
+    threshold: float | torch.Tensor | None,
+    eps: float = 1e-3,
+    weight: float = 20.0,
+    below_threshold: float = 0.0,
+) -> torch.Tensor:
+    """Teacher reward R_T(x) = log(1 + ε_T + w·½δ²), w = ``weight`` where δ < 0, else 1 (SPEC §7).
+
+    Where ``log_reward < threshold`` (strictly) the term w·½δ² is replaced by ``below_threshold``, so samples
+    in regions the target barely weighs carry no teacher reward (the reference replaces it by 1e-12). R_T is a
+    reward, not a loss: the result is detached.
+
+    Args:
+        delta: ``[B]`` student residuals from :func:`student_delta`.
+        log_reward: ``[B]`` log r(x) of the same samples.
+        threshold: log-reward threshold (float, scalar or ``[B]`` tensor); ``None`` disables it.
+        eps: ε_T > 0, so that R_T ≥ log(1 + ε_T) > 0 and log R_T is finite.
+        weight: w for under-sampled x (δ < 0); over-sampled x get weight 1.
+        below_threshold: the value that replaces w·½δ² below the threshold (≥ 0, ≈ 0).
+
+    Returns:
+        ``[B]`` teacher rewards R_T > 0.
+    """
+    if eps <= 0:
+        raise ValueError(f"teacher.eps must be > 0 so that log R_T is finite (got {eps})")
+    if weight <= 0:
+        raise ValueError(f"teacher.weight must be > 0 (got {weight})")
+    if below_threshold < 0:
+        raise ValueError(f"teacher.below_threshold must be >= 0 (got {below_threshold})")
+    delta = delta.detach()
+    w = torch.ones_like(delta).masked_fill(delta < 0, weight)  # [B]
+    err = w * 0.5 * delta.pow(2)  # [B]
+    if threshold is not None:
+        below = log_reward.detach() < threshold  # [B]
+        err = err.masked_fill(below, below_threshold)
+    return torch.log1p(eps + err)
+
+
+def teacher_log_reward(r_t: torch.Tensor, log_reward: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """The teacher's training log-reward log R_T(x) + α·log r(x) (SPEC §7, "mix"; α = 0 trains on R_T alone).
+
+    Args:
+        r_t: ``[B]`` teacher rewards from :func:`teacher_reward` (must be > 0).
+        log_reward: ``[B]`` log r(x) of the same samples.
+        alpha: weight α of the target's log-reward.
+
+    Returns:
+        ``[B]`` log-rewards for the teacher's TB loss.
+    """
+    return r_t.log() + alpha * log_reward
+
+
+def initial_threshold(log_reward: torch.Tensor, quantile: float = 0.9) -> float:
+    """The teacher's log-reward threshold: the ``quantile`` of log r over the initial student samples.
+
+    The reference computes it once, before training, from one batch (500) of the untrained student's samples
+    (``torch.quantile(log_r, 0.9)`` in ``diffusion/train.py``) and keeps it fixed.
+
+    Args:
+        log_reward: ``[N]`` log r of the initial student samples.
+        quantile: in [0, 1].
+
+    Returns:
+        The threshold, a Python float.
+    """
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"teacher.quantile must be in [0, 1] (got {quantile})")
+    log_reward = log_reward.detach().reshape(-1)
+    if log_reward.numel() == 0:
+        raise ValueError("initial_threshold needs at least one student sample (got none)")
+    if torch.isnan(log_reward).any():
+        raise ValueError("initial_threshold got NaN log-rewards; check the energy")
+    return torch.quantile(log_reward.to(torch.float64), quantile).item()
+
+
+class TeacherSchedule:
+    """``phase(step) -> "forward" | "teacher" | "replay"``: the 50/25/25 schedule of SPEC §7, period 4.
+
+    - even steps, ``forward``: on-policy (or explored) student TB;
+    - steps ≡ 1 (mod 4), ``teacher``: draw a batch of teacher samples, compute the student's δ on them, add them
+      to the buffer keyed by R_T, train the teacher, then a student backward-TB step on a (rank-prioritised)
+      buffer batch;
+    - steps ≡ 3 (mod 4), ``replay``: a student backward-TB step on a buffer batch.
+
+    This is the reference's ``it % 2 == 0`` / ``it % (2·adv_freq) == 1`` with ``adv_freq = 2``. (The reference
+    also takes one teacher TB step after *every* student step, on that step's terminal states; where the teacher
+    trains is the training module's choice.) A pure function of the step: nothing to checkpoint.
+    """
+
+    KINDS = ("forward", "teacher", "replay")
+
+    def __call__(self, step: int) -> str:
+        if step < 0:
+            raise ValueError(f"step must be >= 0 (got {step})")
+        if step % 2 == 0:
+            return "forward"
+        return "teacher" if step % 4 == 1 else "replay"
