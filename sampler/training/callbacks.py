@@ -68,6 +68,7 @@ class RunCallback(L.Callback):
         step = trainer.global_step  # steps completed
         if step % self.log_every == 0 or step == self.steps:
             row = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in module.stats.items()}
+            row.update(module.offpolicy.stats())
             for g in trainer.optimizers[0].param_groups:
                 if g.get("name") in ("policy", "flow"):
                     row[f"lr_{g['name']}"] = g["lr"]

@@ -15,7 +15,9 @@ from sampler.gfn.diffusion import FLOWS
 from sampler.losses import ALIASES, LOSSES
 
 PHASES = ("forward", "backward", "both_ways")
-BACKWARD_SOURCES = ("exact",)
+BACKWARD_SOURCES = ("exact", "buffer", "local_search")
+BUFFERS = ("none", "uniform", "reward", "rank", "per")
+LOCAL_SEARCHES = ("none", "mala")
 ARCHS = ("pis", "mlp")
 
 
@@ -99,8 +101,49 @@ def check_config(cfg: DictConfig) -> None:
             )
         if flow not in spec.flows:
             raise ConfigError(f"train.backward_loss={bwd} needs model.flow in {{{', '.join(spec.flows)}}} (got {flow})")
+    _check_offpolicy(cfg)
     for m in cfg.train.lr_milestones:
         if not isinstance(m, int) or m <= 0:
             raise ConfigError(
                 f"train.lr_milestones must be positive step numbers (got {list(cfg.train.lr_milestones)})"
             )
+
+
+def _check_offpolicy(cfg: DictConfig) -> None:
+    _choice("buffer.name", cfg.buffer.name, BUFFERS)
+    _choice("local_search.name", cfg.local_search.name, LOCAL_SEARCHES)
+    if cfg.buffer.name != "none":
+        _positive(cfg, "buffer.capacity")
+    if cfg.local_search.name != "none":
+        _positive(cfg, "local_search.n_steps", "local_search.every", "local_search.capacity")
+        _positive(cfg, "local_search.step_size", integer=False)
+    source = cfg.train.backward_source
+    uses_backward = cfg.train.phases in ("backward", "both_ways") or cfg.teacher.name != "none"
+    if uses_backward and source in ("buffer", "local_search"):
+        if cfg.buffer.name == "none":
+            raise ConfigError(
+                f"train.backward_source={source} needs a replay buffer; choose buffer=uniform|reward|rank|per"
+            )
+        if cfg.train.phases == "backward" and cfg.teacher.name == "none":
+            raise ConfigError(f"train.backward_source={source} is filled by forward steps; use train.phases=both_ways")
+        if source == "local_search" and cfg.local_search.name == "none":
+            raise ConfigError("train.backward_source=local_search needs local_search=mala")
+    _choice("teacher.name", cfg.teacher.name, ("none", "adaptive"))
+    if cfg.teacher.name == "adaptive":
+        if loss_name(cfg.loss.name) not in ("tb", "vargrad") or cfg.model.flow != "scalar":
+            raise ConfigError(
+                f"teacher=adaptive trains a TB student; use loss=tb with model.flow=scalar "
+                f"(got loss={cfg.loss.name}, model.flow={cfg.model.flow})"
+            )
+        if cfg.buffer.name not in ("per", "rank"):
+            raise ConfigError(
+                f"teacher=adaptive replays a buffer ranked by the teacher reward; use buffer=per "
+                f"(got buffer={cfg.buffer.name})"
+            )
+        if cfg.train.backward_source != "buffer":
+            raise ConfigError("teacher=adaptive replays its buffer; set train.backward_source=buffer")
+        _positive(cfg, "teacher.lr_multiplier", "teacher.weight", "teacher.eps", integer=False)
+    if cfg.buffer.name == "per" and cfg.model.flow == "forward_looking":
+        raise ConfigError(
+            "buffer=per keys samples by the student's TB error; it needs model.flow=scalar or conditional"
+        )

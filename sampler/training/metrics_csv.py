@@ -6,7 +6,21 @@ import csv
 from pathlib import Path
 
 #: Column order; evaluation keys follow SPEC §8.
-TRAIN_KEYS = ("loss", "phase", "eps", "log_Z", "grad_norm", "lr_policy", "lr_flow")
+TRAIN_KEYS = (
+    "loss",
+    "phase",
+    "eps",
+    "log_Z",
+    "grad_norm",
+    "lr_policy",
+    "lr_flow",
+    "buffer_size",
+    "buffer_ess",
+    "ls_accept_rate",
+    "ls_step_size",
+    "ls_buffer_size",
+    "teacher_loss",
+)
 EVAL_KEYS = (
     "log_Z_elbo",
     "log_Z_rw",

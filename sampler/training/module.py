@@ -17,8 +17,11 @@ from omegaconf import DictConfig
 from sampler.energies.base import Energy, NonFiniteRewardError
 from sampler.gfn.trajectories import Trajectories
 from sampler.losses import LOSSES, get_loss
+from sampler.teacher import TeacherSchedule
 from sampler.training.config_check import ConfigError, loss_name
+from sampler.training.offpolicy import OffPolicy
 from sampler.training.phases import PhaseSchedule
+from sampler.training.teaching import Teacher, build_teacher_gfn
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,9 @@ class SamplerModule(L.LightningModule):
         self.energy = build_energy(cfg)
         self.gfn = build_gfn(cfg, self.energy)
         self.exploration = instantiate(cfg.exploration)
-        self.phases = PhaseSchedule(cfg.train.phases)
+        self.teaching = Teacher(cfg) if cfg.teacher.name == "adaptive" else None
+        self.teacher_gfn = build_teacher_gfn(cfg, self.energy, build_gfn) if self.teaching else None
+        self.phases = TeacherSchedule() if self.teaching else PhaseSchedule(cfg.train.phases)
         self.forward_loss_name = loss_name(cfg.loss.name)
         self.backward_loss_name = loss_name(cfg.train.backward_loss)
         self.forward_loss = get_loss(self.forward_loss_name, cfg.loss.lam)
@@ -81,6 +86,7 @@ class SamplerModule(L.LightningModule):
         self.generator: torch.Generator | None = None
         self._pending_generator_state: torch.Tensor | None = None
         self.stats: dict[str, torch.Tensor | float | str] = {}
+        self.offpolicy = OffPolicy(cfg, self.energy.dim, store_forward="first" if self.teaching else "always")
 
     # ----------------------------------------------------------------------------------------------- random state
     def _ensure_generator(self) -> torch.Generator:
@@ -93,9 +99,14 @@ class SamplerModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._ensure_generator()
+        self.offpolicy.to(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["sampler_state"] = {"generator": self._ensure_generator().get_state(), "seed": self.seed}
+        checkpoint["sampler_state"] = {
+            "generator": self._ensure_generator().get_state(),
+            "seed": self.seed,
+            "offpolicy": self.offpolicy.state_dict(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("sampler_state")
@@ -103,6 +114,7 @@ class SamplerModule(L.LightningModule):
             raise ConfigError("checkpoint has no sampler_state: it was not written by sampler")
         self.generator = None
         self._pending_generator_state = state["generator"]
+        self.offpolicy.load_state_dict(state.get("offpolicy", {}))
 
     # ------------------------------------------------------------------------------------------------ optimisers
     def configure_optimizers(self):
@@ -118,10 +130,24 @@ class SamplerModule(L.LightningModule):
         if n_grouped != n_all:
             raise RuntimeError(f"parameter groups cover {n_grouped} of {n_all} GFN parameters")
         opt = torch.optim.Adam(groups, weight_decay=t.weight_decay)
+        opts = [opt]
+        if self.teacher_gfn is not None:
+            lr = t.lr_policy * self.cfg.teacher.lr_multiplier
+            opts.append(
+                torch.optim.Adam(
+                    [
+                        {"params": self.teacher_gfn.policy_parameters(), "lr": lr, "name": "teacher_policy"},
+                        {"params": self.teacher_gfn.flow_parameters(), "lr": t.lr_flow, "name": "teacher_flow"},
+                        {"params": self.teacher_gfn.backward_parameters(), "lr": lr, "name": "teacher_backward"},
+                    ]
+                )
+            )
         if len(t.lr_milestones) == 0:
-            return opt
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(t.lr_milestones), gamma=t.lr_gamma)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            return opts
+        scheds = [
+            torch.optim.lr_scheduler.MultiStepLR(o, milestones=list(t.lr_milestones), gamma=t.lr_gamma) for o in opts
+        ]
+        return opts, [{"scheduler": s, "interval": "step"} for s in scheds]
 
     # --------------------------------------------------------------------------------------------------- training
     def trajectories(self, phase: str, step: int) -> Trajectories:
@@ -131,24 +157,44 @@ class SamplerModule(L.LightningModule):
         if phase == "forward":
             eps = self.exploration(step)
             return self.gfn.rollout_forward(B, exploration_std=eps, generator=gen, reparam=self.reparam)
-        x = self.backward_terminals(B, gen)
+        if self.cfg.train.backward_source == "exact" and not getattr(self.energy, "has_sampler", False):
+            raise ConfigError(
+                f"train.backward_source=exact needs exact samples, but {type(self.energy).__name__} has no sample(); "
+                "use train.backward_source=buffer or local_search, or train.phases=forward"
+            )
+        with torch.no_grad():
+            x = self.offpolicy.terminals(B, step, self.energy, gen)
         return self.gfn.rollout_backward(x, generator=gen)
 
-    def backward_terminals(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Terminal states for backward phases (``train.backward_source``; buffers plug in here)."""
-        source = self.cfg.train.backward_source
-        if source == "exact":
-            if not getattr(self.energy, "has_sampler", False):
-                raise ConfigError(
-                    f"train.backward_source=exact needs exact samples, but {type(self.energy).__name__}"
-                    " has no sample(); train with train.phases=forward"
-                )
-            return self.energy.sample(n, generator=generator)
-        raise ConfigError(f"train.backward_source={source} is not available")
+    def _teacher_step(self, student_traj: Trajectories, opt, gen: torch.Generator) -> torch.Tensor:
+        """One teacher TB step on this step's student terminal states (as the reference does every step)."""
+        threshold = float(self.offpolicy.threshold)
+        r_t = self.teaching.reward(student_traj.detach(), threshold)
+        loss = self.teaching.loss(
+            self.teacher_gfn, student_traj.terminal_states.detach(), r_t, student_traj.log_reward.detach(), gen
+        )
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite teacher loss at step {self.global_step}")
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.teaching.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.teacher_gfn.parameters(), self.teaching.grad_clip)
+        opt.step()
+        return loss.detach()
 
     def training_step(self, batch, batch_idx):
         step = self.global_step
-        phase = self.phases(step)
+        kind = self.phases(step)
+        phase = "forward" if kind == "forward" else "backward"
+        gen = self._ensure_generator()
+        if self.teaching is not None:
+            threshold = self.offpolicy.ensure_threshold(self.gfn, gen, float(self.cfg.teacher.quantile))
+            if kind == "teacher":
+                x, key = self.teaching.propose(
+                    self.teacher_gfn, self.gfn, int(self.cfg.train.batch_size), threshold, gen
+                )
+                if len(x):
+                    self.offpolicy.buffer.add(x, key)
         traj = self.trajectories(phase, step)
         n_bad = int((~torch.isfinite(traj.log_reward)).sum())
         if n_bad:
@@ -163,18 +209,26 @@ class SamplerModule(L.LightningModule):
             raise NonFiniteLossError(
                 f"non-finite loss at step {step} ({phase} phase): {n_bad} of {per_sample.numel()} per-trajectory losses"
             )
-        opt = self.optimizers()
+        opts = self.optimizers()
+        opt = opts[0] if isinstance(opts, list) else opts
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         grad_norm = None
         if self.cfg.train.grad_clip is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.gfn.parameters(), self.cfg.train.grad_clip)
         opt.step()
-        sched = self.lr_schedulers()
-        if sched is not None:
+        if phase == "forward":
+            with torch.no_grad():
+                self.offpolicy.store(traj, self.gfn, self._ensure_generator())
+        # The raw optimiser: a LightningOptimizer step would count as a training step (global_step).
+        teacher_loss = self._teacher_step(traj, opts[1].optimizer, gen) if self.teaching is not None else None
+        scheds = self.lr_schedulers()
+        for sched in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
             sched.step()
         eps = self.exploration(step) if phase == "forward" else None
-        self.stats = {"loss": loss.detach(), "phase": phase, "eps": float(eps or 0.0)}
+        self.stats = {"loss": loss.detach(), "phase": kind, "eps": float(eps or 0.0)}
+        if teacher_loss is not None:
+            self.stats["teacher_loss"] = teacher_loss
         if traj.log_Z is not None:
             self.stats["log_Z"] = traj.log_Z.detach().float().mean()
         if grad_norm is not None:
