@@ -1,0 +1,47 @@
+"""Issue-3 quality targets at short budgets, seed 0 (slow: minutes each on 2 CPU cores; `pytest -m slow`).
+
+Each target beats the published reference code run on this machine kind at the same settings and budget
+(its figures in the comments). These protect the *combination* — objective, exploration, buffers, local search,
+Langevin parametrisation, log Z initialisation — not any single function.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sampler.training.run import train
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["trainer.enable_progress_bar=false", "eval.plots=false", "seed=0"]
+
+
+@pytest.mark.parametrize(
+    "experiment, energy, steps, bounds",
+    [
+        # ref: dlogZ 1.18, dlogZ_rw 1.02, w2 4.68 (it collapses onto the inner 9 of 25 modes)
+        ("tb", "gmm25", 2000, {"dlogZ": 1.18, "dlogZ_rw": 1.02, "w2": 4.68}),
+        # ref: dlogZ_rw 0.07–0.15, dlogZ 1.48–1.91, w2 4.33–4.83 over two seeds; W2 floor 1.03–1.20
+        ("tb_expl_ls", "gmm25", 2000, {"dlogZ_rw": 0.07, "dlogZ": 1.0, "w2": 2.5, "-mode_coverage": -1.0}),
+        # ref: dlogZ_rw 9.85, dlogZ 93.1 (its learned log Z only reached 80 of the true 164.7)
+        ("tb_expl_ls", "manywell", 2000, {"dlogZ_rw": 5.0, "dlogZ": 40.0}),
+        # ref: dlogZ_rw 4.28, dlogZ 37.8
+        ("tb_expl_lp", "manywell", 1000, {"dlogZ_rw": 2.0, "dlogZ": 20.0}),
+    ],
+)
+def test_short_budget_quality_beats_the_reference(tmp_path, experiment, energy, steps, bounds):
+    cfg_overrides = [
+        f"experiment={experiment}",
+        f"energy={energy}",
+        f"trainer.max_steps={steps}",
+        f"eval.every={steps}",
+        *COMMON,
+    ]
+    from conftest import compose_cfg
+
+    metrics, _ = train(compose_cfg(cfg_overrides, tmp_path / "run"))
+    for key, bound in bounds.items():
+        if key.startswith("-"):  # a lower bound, written as an upper bound on the negative
+            assert metrics[key[1:]] >= -bound, (key[1:], metrics)
+        else:
+            assert metrics[key] <= bound, (key, metrics)
