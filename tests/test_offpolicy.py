@@ -80,6 +80,12 @@ def test_the_teacher_schedule_is_50_25_25_and_the_teacher_trains(tiny_cfg):
     rows = _rows(objects["run_dir"])
     phases = [r["phase"] for r in rows]  # row k is the state after step k (the k-th step is k-1)
     assert phases == ["forward", "teacher", "forward", "replay"] * 2
+    last = rows[-1]
+    assert (float(last["share_forward"]), float(last["share_teacher"]), float(last["share_replay"])) == (
+        0.5,
+        0.25,
+        0.25,
+    )
     assert all(float(r["teacher_loss"]) >= 0 for r in rows)
     module = objects["module"]
     assert module.teacher_gfn is not None and not module.teacher_gfn.langevin

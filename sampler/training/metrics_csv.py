@@ -20,6 +20,10 @@ TRAIN_KEYS = (
     "ls_step_size",
     "ls_buffer_size",
     "teacher_loss",
+    "share_forward",
+    "share_backward",
+    "share_teacher",
+    "share_replay",
 )
 EVAL_KEYS = (
     "log_Z_elbo",

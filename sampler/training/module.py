@@ -92,6 +92,7 @@ class SamplerModule(L.LightningModule):
         self.generator: torch.Generator | None = None
         self._pending_generator_state: torch.Tensor | None = None
         self.stats: dict[str, torch.Tensor | float | str] = {}
+        self.phase_counts: dict[str, int] = {}  # steps per phase kind so far (saved in checkpoints)
         self.offpolicy = OffPolicy(cfg, self.energy.dim, store_forward="first" if self.teaching else "always")
 
     # ----------------------------------------------------------------------------------------------- random state
@@ -112,6 +113,7 @@ class SamplerModule(L.LightningModule):
             "generator": self._ensure_generator().get_state(),
             "seed": self.seed,
             "offpolicy": self.offpolicy.state_dict(),
+            "phase_counts": {k: torch.tensor(v) for k, v in self.phase_counts.items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -121,6 +123,7 @@ class SamplerModule(L.LightningModule):
         self.generator = None
         self._pending_generator_state = state["generator"]
         self.offpolicy.load_state_dict(state.get("offpolicy", {}))
+        self.phase_counts = {k: int(v) for k, v in state.get("phase_counts", {}).items()}
 
     # ------------------------------------------------------------------------------------------------ optimisers
     def configure_optimizers(self):
@@ -246,7 +249,10 @@ class SamplerModule(L.LightningModule):
         for sched in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
             sched.step()
         eps = self.exploration(step) if phase == "forward" else None
+        self.phase_counts[kind] = self.phase_counts.get(kind, 0) + 1
+        total = sum(self.phase_counts.values())
         self.stats = {"loss": loss.detach(), "phase": kind, "eps": float(eps or 0.0)}
+        self.stats.update({f"share_{k}": v / total for k, v in self.phase_counts.items()})
         if teacher_loss is not None:
             self.stats["teacher_loss"] = teacher_loss
         if traj.log_Z is not None:
