@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -32,6 +33,16 @@ def compose_cfg(overrides: list[str], run_dir: Path | None = None) -> DictConfig
     extra = [f"paths.run_dir={run_dir}"] if run_dir is not None else []
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides) + extra)
+
+
+@pytest.fixture(scope="module")
+def one_intra_op_thread():
+    """For modules of tiny tensors: a second intra-op thread only adds synchronisation, which on a busy 2-core
+    machine makes them several times slower. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

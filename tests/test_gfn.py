@@ -20,14 +20,7 @@ LOG_Z = 1.3  # the Gaussian target's log-normaliser; not 0, so that a missing lo
 T = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # The tensors here are tiny: a second intra-op thread only adds synchronisation, which on a busy 2-core
-    # machine makes these tests several times slower. Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _target(d: int, sigma2: float) -> DiagonalGaussian:

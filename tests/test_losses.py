@@ -29,14 +29,7 @@ B, T, D = 4, 6, 3
 LENGTHS = [6, 3, 1, 4]  # variable lengths of the masked (discrete-style) batch; padding after each
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # The tensors here are tiny: a second intra-op thread only adds synchronisation, which on a busy 2-core
-    # machine makes these tests several times slower. Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
