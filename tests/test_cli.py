@@ -196,3 +196,27 @@ def test_multirun_over_seeds_leaves_one_directory_per_seed(tmp_path):
     assert "loss=subtb" in overrides and "energy=funnel" in overrides and "seed" not in overrides
     metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
     assert metrics[0] != metrics[1] != metrics[2]
+
+
+def test_benchmark_script_writes_the_json_schema(tmp_path):
+    out = tmp_path / "bench.json"
+    run_script(
+        "scripts/benchmark.py",
+        "--presets",
+        "tb,mle",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--batch-size",
+        "32",
+        "--out",
+        str(out),
+    )
+    result = json.loads(out.read_text())
+    assert {"threads", "torch", "python"} <= set(result["machine"])
+    assert [(r["preset"], r["energy"]) for r in result["records"]] == [("tb", "gmm25"), ("mle", "gmm25")]
+    for r in result["records"]:
+        assert r["median_step_s"] > 0 and r["median_core_step_s"] > 0 and r["eval_s"] > 0 and r["peak_rss_mb"] > 0
+    bad = run_script("scripts/benchmark.py", "--presets", "nope", check=False)
+    assert bad.returncode == 2 and "unknown preset nope" in bad.stderr

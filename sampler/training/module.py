@@ -195,16 +195,30 @@ class SamplerModule(L.LightningModule):
             self.teacher_gfn, student_traj.terminal_states.detach(), r_t, student_traj.log_reward.detach(), gen
         )
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite teacher loss at step {self.global_step}")
+            raise NonFiniteLossError("non-finite teacher loss")
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        self._backward(loss)
         if self.teaching.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.teacher_gfn.parameters(), self.teaching.grad_clip)
         opt.step()
         return loss.detach()
 
     def training_step(self, batch, batch_idx):
-        step = self.global_step
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        # The teacher's raw optimiser: a LightningOptimizer step would count as a training step (global_step).
+        loss = self.train_step(self.global_step, opts[0], opts[1].optimizer if len(opts) > 1 else None)
+        scheds = self.lr_schedulers()
+        for sched in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
+            sched.step()
+        self.log("loss", loss, prog_bar=True, on_step=True, logger=False)
+        return loss
+
+    def train_step(self, step: int, opt, teacher_opt=None) -> torch.Tensor:
+        """One optimisation step at ``step`` (phase → trajectories → loss → update), with the given optimisers.
+
+        ``training_step`` calls it under Lightning; benchmarks and custom loops may call it directly.
+        """
         kind = self.phases(step)
         phase = "forward" if kind == "forward" else "backward"
         gen = self._ensure_generator()
@@ -232,10 +246,8 @@ class SamplerModule(L.LightningModule):
             raise NonFiniteLossError(
                 f"non-finite loss at step {step} ({phase} phase): {n_bad} of {per_sample.numel()} per-trajectory losses"
             )
-        opts = self.optimizers()
-        opt = opts[0] if isinstance(opts, list) else opts
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        self._backward(loss)
         grad_norm = None
         if self.cfg.train.grad_clip is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.gfn.parameters(), self.cfg.train.grad_clip)
@@ -243,11 +255,7 @@ class SamplerModule(L.LightningModule):
         if phase == "forward":
             with torch.no_grad():
                 self.offpolicy.store(traj, self.gfn, self._ensure_generator())
-        # The raw optimiser: a LightningOptimizer step would count as a training step (global_step).
-        teacher_loss = self._teacher_step(traj, opts[1].optimizer, gen) if self.teaching is not None else None
-        scheds = self.lr_schedulers()
-        for sched in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
-            sched.step()
+        teacher_loss = self._teacher_step(traj, teacher_opt, gen) if self.teaching is not None else None
         eps = self.exploration(step) if phase == "forward" else None
         self.phase_counts[kind] = self.phase_counts.get(kind, 0) + 1
         total = sum(self.phase_counts.values())
@@ -259,5 +267,10 @@ class SamplerModule(L.LightningModule):
             self.stats["log_Z"] = traj.log_Z.detach().float().mean()
         if grad_norm is not None:
             self.stats["grad_norm"] = grad_norm.detach()
-        self.log("loss", loss.detach(), prog_bar=True, on_step=True, logger=False)
         return loss.detach()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self._trainer is not None:
+            self.manual_backward(loss)
+        else:
+            loss.backward()
