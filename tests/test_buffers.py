@@ -238,3 +238,16 @@ def test_buffer_moves_to_cuda_and_samples_there():
     buf.add(torch.randn(6, 2), torch.randn(6))
     x, key = buf.sample(8, generator=torch.Generator("cuda").manual_seed(0))
     assert x.device.type == key.device.type == "cuda"
+
+
+def test_rank_order_kept_by_merging_equals_a_full_sort_through_wraparound_and_ties():
+    # The rank buffer merges new entries into its cached best-first order instead of re-sorting on every add.
+    g = torch.Generator().manual_seed(1)
+    for trial in range(30):
+        capacity = int(torch.randint(5, 60, (1,), generator=g))
+        buf = RankBuffer(capacity, 2, k=0.3)
+        for _ in range(12):
+            n = int(torch.randint(1, 25, (1,), generator=g))
+            buf.add(torch.randn(n, 2, generator=g), torch.randint(0, 4, (n,), generator=g).float())  # many ties
+            if torch.rand(1, generator=g) < 0.6:
+                assert torch.equal(buf._sorted_order(), buf.best_first()), trial

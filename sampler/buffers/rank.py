@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sampler.buffers.base import ReplayBuffer
+from sampler.buffers.base import ReplayBuffer, best_first_order
 
 
 class RankBuffer(ReplayBuffer):
@@ -34,10 +34,41 @@ class RankBuffer(ReplayBuffer):
         if not k > 0 or k == float("inf"):
             raise ValueError(f"buffer.k must be a positive finite number (got {k})")
         self.k = float(k)
+        # Best-first slot order, kept up to date by merging new entries (O(N) per add instead of an O(N log N) sort
+        # of up to 600k keys). Valid for the entries with id < _order_next_id; None: rebuild from scratch.
+        self._order: Tensor | None = None
+        self._order_next_id = 0
+
+    def _sorted_order(self) -> Tensor:
+        """Slots by key descending, equal keys oldest first, shape ``[len]``, updated incrementally."""
+        if self._order is None or self.eviction != "fifo":
+            order = self.best_first()
+        else:
+            old = self._order[self._id[self._order] < self._order_next_id]  # drop slots overwritten since
+            new = torch.nonzero(self._id[: self._size] >= self._order_next_id).squeeze(1)
+            new = new[best_first_order(self._key[new], self._id[new])]  # [m] best first
+            # New entries are younger than every old one, so among equal keys they go after: right=True on -key.
+            pos = torch.searchsorted(-self._key[old], -self._key[new], right=True)
+            pos = pos + torch.arange(new.numel(), device=pos.device)
+            is_new = torch.zeros(old.numel() + new.numel(), dtype=torch.bool, device=old.device)
+            is_new[pos] = True
+            order = torch.empty(old.numel() + new.numel(), dtype=old.dtype, device=old.device)
+            order[is_new], order[~is_new] = new, old
+        self._order, self._order_next_id = order, self._next_id
+        return order
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._order = None
+
+    def to(self, device) -> RankBuffer:
+        super().to(device)
+        self._order = None
+        return self
 
     def ranks(self) -> Tensor:
         """Rank of each stored entry, shape ``[len]`` (0 = highest key; equal keys: older entry first)."""
-        order = self.best_first()  # [N] slots
+        order = self._sorted_order()  # [N] slots
         ranks = torch.empty_like(order)
         ranks[order] = torch.arange(self._size, device=order.device)
         return ranks
