@@ -105,7 +105,7 @@ def bench_one(preset: str, energy: str, steps: int, warmup: int, batch_size: int
             core.append(time.perf_counter() - t0)
 
     t0 = time.perf_counter()
-    run_evaluation(module, steps, int(cfg.eval.K), None, plots=False)
+    run_evaluation(module, steps, int(cfg.eval.K))
     sync()
     eval_s = time.perf_counter() - t0
     return {

@@ -16,26 +16,17 @@ KEYS = {"ckpt", "K", "seed", "out", "plots", "device", "config"}
 def main(argv: list[str]) -> int:
     args = parse_args(argv, KEYS, ("ckpt",), USAGE)
     module, cfg, step = load_trained(args)
-    import torch
+    from sampler.training.callbacks import run_evaluation
 
-    from sampler.evaluation import evaluate, plot_samples
-    from sampler.training.callbacks import eval_seed
-
-    K = int(args.get("K", cfg.eval.K))
-    seed = int(args["seed"]) if "seed" in args else eval_seed(cfg.seed, step)
-    gen = torch.Generator(device=module.energy.device).manual_seed(seed)
-    with torch.enable_grad() if module.gfn.langevin else torch.no_grad():
-        metrics, samples = evaluate(module.gfn, module.energy, K=K, generator=gen, seed=int(cfg.seed))
-    metrics["step"] = float(step)
-    if args.get("plots"):
-        exact = module.energy.sample(K, generator=gen).cpu() if module.energy.has_sampler else None
-        plot_samples(
-            module.energy,
-            samples,
-            Path(args.plots) / f"eval_samples_{step:07d}.png",
-            exact=exact,
-            title=f"{Path(args.ckpt).name} at step {step}",
-        )
+    plot = Path(args.plots) / f"eval_samples_{step:07d}.png" if args.get("plots") else None
+    metrics, _ = run_evaluation(
+        module,
+        step,
+        int(args.get("K", cfg.eval.K)),
+        plot,
+        noise_seed=int(args["seed"]) if "seed" in args else None,
+        title=f"{Path(args.ckpt).name} at step {step}",
+    )
     text = json.dumps(metrics, indent=2)
     if args.get("out"):
         Path(args.out).write_text(text + "\n")

@@ -21,11 +21,23 @@ def eval_seed(seed: int, step: int) -> int:
     return (int(seed) * 1_000_003 + int(step)) % (2**63 - 1)
 
 
-def run_evaluation(module, step: int, K: int, run_dir: Path | None = None, plots: bool = True):
-    """Evaluate ``module.gfn`` at ``step`` (SPEC §8) and, with ``run_dir``, plot samples into ``plots/``."""
+def samples_plot(run_dir: Path, step: int, plots: bool = True) -> Path | None:
+    """Where a run's samples plot at ``step`` goes (``None``: no plot)."""
+    return run_dir / "plots" / f"samples_{step:07d}.png" if plots else None
+
+
+def run_evaluation(
+    module, step: int, K: int, plot_path: Path | None = None, noise_seed: int | None = None, title: str | None = None
+):
+    """Evaluate ``module.gfn`` at ``step`` (SPEC §8), optionally plotting samples to ``plot_path``.
+
+    The evaluation noise is seeded with ``noise_seed``, by default :func:`eval_seed` of the run's seed and the step,
+    so re-evaluating a checkpoint reproduces the run's own evaluation at that step.
+    """
     gfn, energy = module.gfn, module.energy
     t0 = time.perf_counter()
-    gen = torch.Generator(device=energy.device).manual_seed(eval_seed(module.seed, step))
+    seed = eval_seed(module.seed, step) if noise_seed is None else noise_seed
+    gen = torch.Generator(device=energy.device).manual_seed(seed)
     was_training = gfn.training
     gfn.eval()
     try:
@@ -35,11 +47,12 @@ def run_evaluation(module, step: int, K: int, run_dir: Path | None = None, plots
         gfn.train(was_training)
     metrics["step"] = float(step)
     metrics["eval_s"] = time.perf_counter() - t0
-    if run_dir is not None and plots:
+    if plot_path is not None:
         exact = energy.sample(K, generator=gen).cpu() if getattr(energy, "has_sampler", False) else None
-        title = f"step {step}" + (f"  ΔlogZ_rw={metrics['dlogZ_rw']:.3f}" if "dlogZ_rw" in metrics else "")
+        if title is None:
+            title = f"step {step}" + (f"  ΔlogZ_rw={metrics['dlogZ_rw']:.3f}" if "dlogZ_rw" in metrics else "")
         try:
-            plot_samples(energy, samples, run_dir / "plots" / f"samples_{step:07d}.png", exact=exact, title=title)
+            plot_samples(energy, samples, plot_path, exact=exact, title=title)
         except Exception as err:  # noqa: BLE001 - a plot never kills a run
             log.warning("could not plot samples at step %d: %s", step, err)
     return metrics, samples
@@ -74,7 +87,7 @@ class RunCallback(L.Callback):
                     row[f"lr_{g['name']}"] = g["lr"]
             self.csv.append(step, "train", row)
         if step % self.eval_every == 0 and step < self.steps:
-            metrics, _ = run_evaluation(module, step, self.eval_K, self.run_dir, self.plots)
+            metrics, _ = run_evaluation(module, step, self.eval_K, samples_plot(self.run_dir, step, self.plots))
             self.csv.append(step, "eval", metrics)
             log.info("step %d: %s", step, _summary(metrics))
         if step % self.ckpt_every == 0 or step == self.steps:

@@ -34,6 +34,11 @@ def save_atomic(trainer, directory: Path) -> Path:
     return last
 
 
+def has_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` holds a ``last.ckpt`` or ``previous.ckpt`` (without reading either)."""
+    return (directory / LAST).exists() or (directory / PREVIOUS).exists()
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint as tensors and plain containers (``weights_only``), or raise :class:`CheckpointError`."""
     path = Path(path)

@@ -11,12 +11,14 @@ from collections.abc import Iterable
 
 from omegaconf import DictConfig
 
+from sampler.buffers import BUFFERS
 from sampler.gfn.diffusion import FLOWS
 from sampler.losses import ALIASES, LOSSES
+from sampler.training.phases import PhaseSchedule
 
-PHASES = ("forward", "backward", "both_ways")
+PHASES = PhaseSchedule.KINDS
 BACKWARD_SOURCES = ("exact", "buffer", "local_search")
-BUFFERS = ("none", "uniform", "reward", "rank", "per")
+BUFFER_NAMES = ("none", *BUFFERS)
 LOCAL_SEARCHES = ("none", "mala")
 ARCHS = ("pis", "mlp")
 
@@ -110,7 +112,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _check_offpolicy(cfg: DictConfig) -> None:
-    _choice("buffer.name", cfg.buffer.name, BUFFERS)
+    _choice("buffer.name", cfg.buffer.name, BUFFER_NAMES)
     _choice("local_search.name", cfg.local_search.name, LOCAL_SEARCHES)
     if cfg.buffer.name != "none":
         _positive(cfg, "buffer.capacity")

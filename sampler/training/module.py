@@ -7,7 +7,6 @@ with the step counter, so a resumed run is bit-identical to an uninterrupted one
 from __future__ import annotations
 
 import logging
-import math
 
 import lightning as L
 import torch
@@ -16,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from sampler.energies.base import Energy, NonFiniteRewardError
+from sampler.evaluation.metrics import log_mean_exp
 from sampler.gfn.trajectories import Trajectories
 from sampler.losses import LOSSES, get_loss
 from sampler.teacher import TeacherSchedule
@@ -94,6 +94,12 @@ class SamplerModule(L.LightningModule):
         self.stats: dict[str, torch.Tensor | float | str] = {}
         self.phase_counts: dict[str, int] = {}  # steps per phase kind so far (saved in checkpoints)
         self.offpolicy = OffPolicy(cfg, self.energy.dim, store_forward="first" if self.teaching else "always")
+        uses_exact = not self.teaching and cfg.train.phases != "forward" and cfg.train.backward_source == "exact"
+        if uses_exact and not getattr(self.energy, "has_sampler", False):
+            raise ConfigError(
+                f"train.backward_source=exact needs exact samples, but {type(self.energy).__name__} has no sample(); "
+                "use train.backward_source=buffer or local_search, or train.phases=forward"
+            )
 
     # ----------------------------------------------------------------------------------------------- random state
     def _ensure_generator(self) -> torch.Generator:
@@ -166,11 +172,6 @@ class SamplerModule(L.LightningModule):
         if phase == "forward":
             eps = self.exploration(step)
             return self.gfn.rollout_forward(B, exploration_std=eps, generator=gen, reparam=self.reparam)
-        if self.cfg.train.backward_source == "exact" and not getattr(self.energy, "has_sampler", False):
-            raise ConfigError(
-                f"train.backward_source=exact needs exact samples, but {type(self.energy).__name__} has no sample(); "
-                "use train.backward_source=buffer or local_search, or train.phases=forward"
-            )
         with torch.no_grad():
             x = self.offpolicy.terminals(B, step, self.energy, gen)
         return self.gfn.rollout_backward(x, generator=gen)
@@ -182,7 +183,7 @@ class SamplerModule(L.LightningModule):
         if self.gfn.log_Z is None:
             return
         log_w = self.gfn.rollout_forward(int(self.cfg.train.batch_size), generator=gen).log_weight().double()
-        estimate = torch.logsumexp(log_w, 0) - math.log(log_w.numel())
+        estimate = log_mean_exp(log_w)
         if torch.isfinite(estimate):
             self.gfn.log_Z.fill_(float(estimate))
             log.info("log Z warm start: %.4g", float(estimate))
@@ -223,7 +224,7 @@ class SamplerModule(L.LightningModule):
         phase = "forward" if kind == "forward" else "backward"
         gen = self._ensure_generator()
         if self.teaching is not None:
-            threshold = self.offpolicy.ensure_threshold(self.gfn, gen, float(self.cfg.teacher.quantile))
+            threshold = self.offpolicy.ensure_threshold(self.gfn, gen)
             if kind == "teacher":
                 x, key = self.teaching.propose(
                     self.teacher_gfn, self.gfn, int(self.cfg.train.batch_size), threshold, gen
@@ -254,7 +255,7 @@ class SamplerModule(L.LightningModule):
         opt.step()
         if phase == "forward":
             with torch.no_grad():
-                self.offpolicy.store(traj, self.gfn, self._ensure_generator())
+                self.offpolicy.store(traj, self.gfn, gen)
         teacher_loss = self._teacher_step(traj, teacher_opt, gen) if self.teaching is not None else None
         eps = self.exploration(step) if phase == "forward" else None
         self.phase_counts[kind] = self.phase_counts.get(kind, 0) + 1

@@ -6,8 +6,6 @@ All state is tensors (buffers, MALA step size, the PER threshold), saved in the 
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from omegaconf import DictConfig
 
@@ -16,9 +14,6 @@ from sampler.gfn.trajectories import Trajectories
 from sampler.local_search import MALA
 from sampler.teacher import initial_threshold, student_delta, teacher_reward
 
-log = logging.getLogger(__name__)
-
-SOURCES = ("exact", "buffer", "local_search")
 THRESHOLD_SAMPLES = 500  # student samples whose 0.9-quantile of log r is the PER/teacher threshold (SPEC §7)
 
 
@@ -54,15 +49,14 @@ class OffPolicy:
         self.threshold: torch.Tensor | None = None  # PER/teacher key threshold, set at the first forward step
         self.store_forward = store_forward  # "always", or "first" (teacher runs: only the first batch seeds it)
         self.stored_batches = 0
-        self.quantile = float(cfg.teacher.get("quantile", 0.9)) if "teacher" in cfg else 0.9
+        self.quantile = float(cfg.teacher.get("quantile", 0.9))
 
-    def ensure_threshold(self, gfn, generator: torch.Generator, quantile: float | None = None) -> float:
+    def ensure_threshold(self, gfn, generator: torch.Generator) -> float:
         """The log-reward threshold of R_T: the quantile of log r over 500 initial student samples (SPEC §7)."""
         if self.threshold is None:
             with torch.no_grad():
                 probe = gfn.rollout_forward(THRESHOLD_SAMPLES, generator=generator)
-            q = self.quantile if quantile is None else quantile
-            self.threshold = torch.tensor(initial_threshold(probe.log_reward, q), dtype=torch.float64)
+            self.threshold = torch.tensor(initial_threshold(probe.log_reward, self.quantile), dtype=torch.float64)
         return float(self.threshold)
 
     # ------------------------------------------------------------------------------------------------- filling

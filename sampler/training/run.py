@@ -24,8 +24,8 @@ from torch.utils.data import Dataset
 
 from sampler.energies.base import NonFiniteRewardError
 from sampler.evaluation import plot_metric_curves
-from sampler.training.callbacks import RunCallback, run_evaluation
-from sampler.training.checkpointing import CheckpointError, find_resume_checkpoint
+from sampler.training.callbacks import RunCallback, run_evaluation, samples_plot
+from sampler.training.checkpointing import CheckpointError, find_resume_checkpoint, has_checkpoint
 from sampler.training.config_check import ConfigError, check_config
 from sampler.training.manifest import build_manifest, now, write_json
 from sampler.training.metrics_csv import MetricsCSV
@@ -71,11 +71,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if (
-        cfg.checkpoint.resume
-        and cfg.checkpoint.continue_unfinished
-        and find_resume_checkpoint(run_dir / "checkpoints") == (None, None)
-    ):
+    if cfg.checkpoint.resume and cfg.checkpoint.continue_unfinished and not has_checkpoint(run_dir / "checkpoints"):
         default_parent = (Path(str(cfg.paths.root)) / "runs").resolve()
         twin = find_unfinished_twin(run_dir, resolved) if run_dir.resolve().parent == default_parent else None
         if twin is not None:
@@ -166,7 +162,7 @@ def _train_in(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None, ckpt: dict
         )
 
     step = int(trainer.global_step)
-    metrics, samples = run_evaluation(module, step, int(cfg.eval.K), run_dir, bool(cfg.eval.plots))
+    metrics, samples = run_evaluation(module, step, int(cfg.eval.K), samples_plot(run_dir, step, bool(cfg.eval.plots)))
     csv.append(step, "eval", metrics, replace=True)
     final = {k: float(v) for k, v in metrics.items() if k != "eval_s"}
     torch.save(samples, run_dir / "samples.pt")
@@ -221,7 +217,7 @@ def find_unfinished_twin(run_dir: Path, resolved: dict) -> Path | None:
         saved = other / "config_resolved.yaml"
         if (other / "metrics.json").exists() or not saved.exists():
             continue
-        if not ((other / "checkpoints" / "last.ckpt").exists() or (other / "checkpoints" / "previous.ckpt").exists()):
+        if not has_checkpoint(other / "checkpoints"):
             continue
         if (other / "run.lock").exists() and _lock_is_live(other / "run.lock"):
             continue
