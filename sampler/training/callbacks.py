@@ -11,7 +11,7 @@ import torch
 
 from sampler.evaluation import evaluate, plot_samples
 from sampler.training.checkpointing import save_atomic
-from sampler.training.metrics_csv import MetricsCSV
+from sampler.training.loggers import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,14 @@ def run_evaluation(
 
 
 class RunCallback(L.Callback):
-    """Writes training rows every ``log_every`` steps, evaluates every ``eval_every`` steps (not the last one:
-    ``train`` does the final evaluation) and checkpoints every ``ckpt_every`` steps and at the end."""
+    """Writes training rows (to ``metrics.csv`` and the logger) every ``log_every`` steps, evaluates every
+    ``eval_every`` steps (not the last one: ``train`` does the final evaluation) and checkpoints every
+    ``ckpt_every`` steps and at the end."""
 
     def __init__(
         self,
         run_dir: Path,
-        csv: MetricsCSV,
+        runlog: RunLog,
         steps: int,
         log_every: int,
         eval_every: int,
@@ -73,7 +74,7 @@ class RunCallback(L.Callback):
         ckpt_every: int,
         plots: bool = True,
     ):
-        self.run_dir, self.csv, self.steps = run_dir, csv, steps
+        self.run_dir, self.runlog, self.steps = run_dir, runlog, steps
         self.log_every, self.eval_every, self.eval_K = log_every, eval_every, eval_K
         self.ckpt_every, self.plots = ckpt_every, plots
 
@@ -85,10 +86,12 @@ class RunCallback(L.Callback):
             for g in trainer.optimizers[0].param_groups:
                 if g.get("name") in ("policy", "flow"):
                     row[f"lr_{g['name']}"] = g["lr"]
-            self.csv.append(step, "train", row)
+            self.runlog.append(step, "train", row)
         if step % self.eval_every == 0 and step < self.steps:
-            metrics, _ = run_evaluation(module, step, self.eval_K, samples_plot(self.run_dir, step, self.plots))
-            self.csv.append(step, "eval", metrics)
+            plot = samples_plot(self.run_dir, step, self.plots)
+            metrics, _ = run_evaluation(module, step, self.eval_K, plot)
+            self.runlog.append(step, "eval", metrics)
+            self.runlog.image("samples", plot, step)
             log.info("step %d: %s", step, _summary(metrics))
         if step % self.ckpt_every == 0 or step == self.steps:
             save_atomic(trainer, self.run_dir / "checkpoints")

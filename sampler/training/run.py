@@ -27,6 +27,7 @@ from sampler.evaluation import plot_metric_curves
 from sampler.training.callbacks import RunCallback, run_evaluation, samples_plot
 from sampler.training.checkpointing import CheckpointError, find_resume_checkpoint, has_checkpoint
 from sampler.training.config_check import ConfigError, check_config
+from sampler.training.loggers import build_run_log
 from sampler.training.manifest import build_manifest, now, write_json
 from sampler.training.metrics_csv import MetricsCSV
 from sampler.training.module import NonFiniteLossError, SamplerModule
@@ -121,11 +122,24 @@ def _train_in(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None, ckpt: dict
     else:
         csv.truncate(int(ckpt["global_step"]))
         log.info("resuming from %s at step %d", ckpt_path, int(ckpt["global_step"]))
+    runlog = build_run_log(cfg, run_dir, csv, None if ckpt_path is None else int(ckpt["global_step"]))
+    ok = False
+    try:
+        final, trainer, module = _fit_and_evaluate(cfg, run_dir, module, runlog, ckpt_path)
+        ok = True
+    finally:
+        runlog.close(ok)
+    manifest["end_time"] = now()
+    write_json(manifest_path, manifest)
+    return final, {"module": module, "trainer": trainer, "run_dir": run_dir}
 
+
+def _fit_and_evaluate(cfg: DictConfig, run_dir: Path, module: SamplerModule, runlog, ckpt_path: Path | None):
+    """Train to ``trainer.max_steps`` (from ``ckpt_path`` if given), then the final evaluation and its files."""
     steps = int(cfg.trainer.max_steps)
     callback = RunCallback(
         run_dir,
-        csv,
+        runlog,
         steps,
         int(cfg.trainer.log_every_n_steps),
         int(cfg.eval.every),
@@ -162,19 +176,20 @@ def _train_in(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None, ckpt: dict
         )
 
     step = int(trainer.global_step)
-    metrics, samples = run_evaluation(module, step, int(cfg.eval.K), samples_plot(run_dir, step, bool(cfg.eval.plots)))
-    csv.append(step, "eval", metrics, replace=True)
+    plot = samples_plot(run_dir, step, bool(cfg.eval.plots))
+    metrics, samples = run_evaluation(module, step, int(cfg.eval.K), plot)
+    runlog.append(step, "eval", metrics, replace=True)
+    runlog.image("samples", plot, step)
     final = {k: float(v) for k, v in metrics.items() if k != "eval_s"}
     torch.save(samples, run_dir / "samples.pt")
     write_json(run_dir / "metrics.json", final)
     if cfg.eval.plots:
         try:
             plot_metric_curves(run_dir / "metrics.csv", run_dir / "plots" / "metrics.png")
+            runlog.image("metric_curves", run_dir / "plots" / "metrics.png", step)
         except Exception as err:  # noqa: BLE001 - a plot never kills a run
             log.warning("could not plot metric curves: %s", err)
-    manifest["end_time"] = now()
-    write_json(manifest_path, manifest)
-    return final, {"module": module, "trainer": trainer, "run_dir": run_dir}
+    return final, trainer, module
 
 
 class _RunLock:
@@ -252,6 +267,8 @@ def _quiet_lightning() -> None:
     ):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    # Under SLURM the job is already the task submitit started; Lightning's hint to prepend `srun` is noise.
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
 
 
 def _changed_keys(a, b, ignore=(), prefix="") -> list[str]:
