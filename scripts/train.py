@@ -2,11 +2,19 @@
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from sampler.launching import launcher_error
 
-import sampler.training  # noqa: F401  (registers the config resolvers)
-from sampler.training.run import main
+if __name__ == "__main__" and (error := launcher_error(sys.argv[1:])):
+    print(error, file=sys.stderr)  # one line, before the slow imports below and before anything is submitted
+    sys.exit(2)
+
+# The task function must reference `main` at module level: a SLURM job unpickles it, and importing
+# sampler.training there registers the resolvers the sweep's config needs.
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+import sampler.training  # noqa: E402, F401  (registers the config resolvers)
+from sampler.training.run import main  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
