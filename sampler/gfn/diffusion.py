@@ -47,6 +47,8 @@ class DiffusionGFN(nn.Module):
         learn_pb: learn the backward corrections with range ``pb_scale_range``.
         flow: ``scalar`` (log Z), ``conditional`` (log F_θ(s, t)) or ``forward_looking`` (SPEC §2).
         log_Z_init: initial value of the scalar log Z.
+        compile: run the policy network through ``torch.compile`` (same parameters and state dict; the first
+            steps pay the compilation).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class DiffusionGFN(nn.Module):
         pb_scale_range: float = 0.1,
         flow: str = "scalar",
         log_Z_init: float = 0.0,
+        compile: bool = False,
     ):
         super().__init__()
         if flow not in FLOWS:
@@ -94,6 +97,8 @@ class DiffusionGFN(nn.Module):
             self.log_Z = None
             self.flow_net = StateTimeNet(d, 1, arch, hidden_dim, num_layers, zero_init)
         self.register_buffer("times", torch.arange(self.T + 1, dtype=torch.float32) / self.T, persistent=False)
+        # Not a registered sub-module: the compiled wrapper shares the policy's parameters and adds no state.
+        object.__setattr__(self, "_compiled_policy", torch.compile(self.policy, dynamic=False) if compile else None)
 
     # ----------------------------------------------------------------------------------------------- parameters
     def policy_parameters(self) -> list[nn.Parameter]:
@@ -111,7 +116,8 @@ class DiffusionGFN(nn.Module):
         self, s: torch.Tensor, t_emb: torch.Tensor, g: torch.Tensor | None, grad: torch.Tensor | None
     ) -> _PolicyOut:
         """Drift and log-variance multiplier at states ``s [..., B, d]`` (t_emb, g broadcast to it)."""
-        out = self.policy(s, t_emb)
+        net = self.policy if self._compiled_policy is None else self._compiled_policy
+        out = net(s, t_emb)
         if self.clipping:
             out = out.clamp(-self.out_clip, self.out_clip)
         d = self.dim
