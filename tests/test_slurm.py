@@ -49,14 +49,14 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
     assert proc.returncode == 0, f"{proc.args} failed ({proc.returncode}):\n{log.read_text()[-4000:]}"
 
 
-def wait_for(condition, what: str, timeout: float = 120):
+def wait_for(condition, what: str, timeout: float = 120, show=lambda: ""):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} {show()}")
 
 
 def slurm(*args: str) -> str:
@@ -128,8 +128,15 @@ def test_slurm_sweep_of_the_issue_leaves_one_run_directory_per_job(tmp_path, slu
 
     job_ids = [json.loads((r / "manifest.json").read_text())["slurm_job_id"] for r in runs]
     assert all(job_ids) and len(set(job_ids)) == 6, job_ids
-    states = slurm("sacct", "-n", "-X", "-P", "-o", "JobIDRaw,State", "-j", ",".join(job_ids)).split()
-    assert sorted(states) == sorted(f"{j}|COMPLETED" for j in job_ids), states
+    completed = sorted(f"{j}|COMPLETED" for j in job_ids)
+    sacct = ["sacct", "-n", "-X", "-P", "-o", "JobIDRaw,State", "-j", ",".join(job_ids)]
+    # The sweep returns when the result files are written; accounting records the end a moment later.
+    wait_for(
+        lambda: sorted(slurm(*sacct).split()) == completed,
+        "sacct to list the jobs COMPLETED",
+        60,
+        lambda: slurm(*sacct),
+    )
     assert list((sweep / ".submitit").iterdir()), "submitit keeps its job files in the sweep directory"
 
     table = run_script("scripts/summarize.py", str(sweep)).stdout
@@ -182,8 +189,9 @@ def test_a_requeued_slurm_job_resumes_in_its_run_directory_and_ends_as_an_uninte
     assert len(starts) == 2 and 0 < starts[0] < starts[1] < steps, resumes
     assert (run_dir / "metrics.json").read_text() == (reference / "metrics.json").read_text()
     assert not (run_dir / "run.lock").exists()
-    states = slurm("sacct", "-n", "-X", "-P", "--duplicates", "-o", "State", "-j", job_id).split()
-    assert states == ["REQUEUED", "REQUEUED", "COMPLETED"], states
+    sacct = ["sacct", "-n", "-X", "-P", "--duplicates", "-o", "State", "-j", job_id]
+    requeued = ["REQUEUED", "REQUEUED", "COMPLETED"]
+    wait_for(lambda: slurm(*sacct).split() == requeued, "sacct to list the requeues", 60, lambda: slurm(*sacct))
     log = "".join(p.read_text() for p in sorted((run_dir.parents[1] / ".submitit").rglob("*_log.*")))
     assert "this job is timed-out" in log and "remaining timeouts" in log, log[-3000:]
 
