@@ -126,8 +126,13 @@ def test_slurm_sweep_of_the_issue_leaves_one_run_directory_per_job(tmp_path, slu
     assert labels == [(loss, f"seed={s}") for loss in ("subtb", "tb") for s in range(3)]
     assert len({r.parent for r in runs}) == 2 and all("launcher" not in r.parent.name for r in runs)
 
-    job_ids = [json.loads((r / "manifest.json").read_text())["slurm_job_id"] for r in runs]
+    manifests = [json.loads((r / "manifest.json").read_text()) for r in runs]
+    job_ids = [m["slurm_job_id"] for m in manifests]
     assert all(job_ids) and len(set(job_ids)) == 6, job_ids
+    # argv is submitit's under SLURM; the manifest keeps the job's own overrides
+    assert all(
+        f"seed={r.name[5:]}" in m["overrides"] and "launcher=slurm" in m["overrides"] for r, m in zip(runs, manifests)
+    )
     completed = sorted(f"{j}|COMPLETED" for j in job_ids)
     sacct = ["sacct", "-n", "-X", "-P", "-o", "JobIDRaw,State", "-j", ",".join(job_ids)]
     # The sweep returns when the result files are written; accounting records the end a moment later.

@@ -63,12 +63,23 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+def hydra_overrides() -> list[str] | None:
+    """The job's command-line overrides (under submitit ``sys.argv`` is submitit's, not the user's command)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001 - no Hydra context: no overrides to record
+        return None
+
+
 def build_manifest(seed: int, device: str) -> dict:
     return {
         "start_time": now(),
         "end_time": None,
         "host": socket.gethostname(),
         "command": sys.argv,
+        "overrides": hydra_overrides(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
