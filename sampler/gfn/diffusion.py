@@ -233,39 +233,20 @@ class DiffusionGFN(nn.Module):
         Returns:
             Trajectories with states ``[B, T+1, d]``.
         """
-        T, d, dt = self.T, self.dim, self.dt
-        device = self.times.device
-        times, t_emb, g = self._time_grid()
+        T = self.T
+        _, t_emb, g = self._time_grid()
         eps2 = 0.0 if exploration_std is None else float(exploration_std) ** 2
         need_grad = self.langevin
-        s = torch.zeros(n, d, device=device)
-        states, grads, log_rs, outs = [s], [], [], []
-        with torch.set_grad_enabled(reparam and torch.is_grad_enabled()):
-            for i in range(T):
-                gi = None
-                if need_grad:
-                    lr_i, gi = self.energy.log_reward_and_grad(s.detach())
-                    log_rs.append(lr_i)
-                    grads.append(gi)
-                out = self._policy(s, t_emb[i], None if g is None else g[i], gi)
-                var = self._pf_var(out.log_var)
-                std = torch.sqrt(var + eps2) if isinstance(var, torch.Tensor) else math.sqrt(var + eps2)
-                noise = torch.randn(n, d, device=device, generator=generator)
-                s = s + dt * out.mean + std * noise
-                states.append(s)
-                outs.append(out)
-        S = torch.stack(states)  # [T+1, B, d]
-        G = torch.stack(grads) if need_grad else None  # [T, B, d]
-        if reparam:
+        if reparam and torch.is_grad_enabled():
+            S, G, log_rs, log_pf = self._rollout_reparam(n, t_emb, g, eps2, generator)
             log_reward = self.energy.log_reward(S[-1])
-            mean = torch.stack([o.mean for o in outs])
-            lv = torch.stack([o.log_var for o in outs]) if self.learned_variance else 0.0
-            log_pf = gaussian_log_prob(S[1:], S[:-1] + dt * mean, self._pf_var(lv))
         else:
-            S = S.detach()
+            keep = not torch.is_grad_enabled()  # no gradient wanted: log P_F from the loop's own policy outputs
             with torch.no_grad():
+                S, G, log_rs, log_pf = self._sample_states(n, t_emb, g, eps2, generator, keep)
                 log_reward = self.energy.log_reward(S[-1])
-            log_pf = self._log_pf(S, t_emb, g, G)
+            if log_pf is None:  # recomputed batched, with the gradient, at the sampled states
+                log_pf = self._log_pf(S, t_emb, g, G)
         log_r_states = None
         if self.flow_type == "forward_looking":
             if need_grad:
@@ -273,6 +254,74 @@ class DiffusionGFN(nn.Module):
             else:
                 log_r_states = torch.cat([self._energy_at(S[:T], False)[0], log_reward.detach()[None]], 0)
         return self._assemble(S, log_pf, self._log_pb(S), log_reward, log_r_states)
+
+    def _sample_states(self, n: int, t_emb, g, eps2: float, generator, with_log_pf: bool = False):
+        """The sampling loop without autograd: ``(states [T+1, B, d], ∇log r [T, B, d] or None, log r list,
+        log P_F [T, B] or None)``.
+
+        Per step only the policy (a :class:`FrozenNet`: fused layers, time folded into the first bias), the
+        Langevin term and the Gaussian update; densities are computed afterwards on the stacked states — from the
+        loop's drifts and variances when ``with_log_pf`` (no gradient needed), else by the caller.
+        """
+        T, d, dt = self.T, self.dim, self.dt
+        net = self.policy.frozen(t_emb)
+        g_all = None if g is None else g.detach()
+        var0 = self.dt * self.t_scale
+        s = torch.zeros(n, d, device=t_emb.device)
+        noise = torch.randn(T, n, d, device=s.device, generator=generator)  # one draw for the whole rollout
+        states, grads, log_rs, means, variances = [s], [], [], [], []
+        for i in range(T):
+            out = net(s, i)
+            if self.clipping:
+                out.clamp_(-self.out_clip, self.out_clip)
+            mean = out[:, :d]
+            if self.langevin:
+                lr_i, gi = self.energy.log_reward_and_grad(s)
+                log_rs.append(lr_i)
+                grads.append(gi)
+                if self.clipping:
+                    gi = gi.clamp(-self.lgv_clip, self.lgv_clip)
+                mean = torch.addcmul(mean, g_all[i], gi)
+            step = torch.add(s, mean, alpha=dt)
+            if with_log_pf:
+                means.append(step)
+            if self.learned_variance:  # std = sqrt(dt·σ²·e^v + ε²), v = range·tanh(raw)
+                var = torch.exp(torch.tanh(out[:, d:]).mul_(self.log_var_range)).mul_(var0)
+                if with_log_pf:
+                    variances.append(var.clone())
+                s = torch.addcmul(step, noise[i], var.add_(eps2).sqrt_())
+            else:
+                s = step.add(noise[i], alpha=math.sqrt(var0 + eps2))
+            states.append(s)
+        S = torch.stack(states)
+        log_pf = None
+        if with_log_pf:  # under the unexplored policy, as _log_pf computes it
+            log_pf = gaussian_log_prob(S[1:], torch.stack(means), torch.stack(variances) if variances else var0)
+        return S, (torch.stack(grads) if self.langevin else None), log_rs, log_pf
+
+    def _rollout_reparam(self, n: int, t_emb, g, eps2: float, generator):
+        """The PIS rollout: the states carry the gradient through the whole chain."""
+        T, d, dt = self.T, self.dim, self.dt
+        s = torch.zeros(n, d, device=t_emb.device)
+        noise = torch.randn(T, n, d, device=s.device, generator=generator)
+        states, grads, log_rs, means, log_vars = [s], [], [], [], []
+        for i in range(T):
+            gi = None
+            if self.langevin:
+                lr_i, gi = self.energy.log_reward_and_grad(s.detach())
+                log_rs.append(lr_i)
+                grads.append(gi)
+            out = self._policy(s, t_emb[i], None if g is None else g[i], gi)
+            var = self._pf_var(out.log_var)
+            std = torch.sqrt(var + eps2) if isinstance(var, torch.Tensor) else math.sqrt(var + eps2)
+            s = s + dt * out.mean + std * noise[i]
+            states.append(s)
+            means.append(out.mean)
+            log_vars.append(out.log_var)
+        S = torch.stack(states)
+        lv = torch.stack(log_vars) if self.learned_variance else 0.0
+        log_pf = gaussian_log_prob(S[1:], S[:-1] + dt * torch.stack(means), self._pf_var(lv))
+        return S, (torch.stack(grads) if self.langevin else None), log_rs, log_pf
 
     def rollout_backward(
         self, x: torch.Tensor, generator: torch.Generator | None = None, log_reward: torch.Tensor | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -74,6 +75,32 @@ class StateTimeNet(nn.Module):
     def forward(self, s: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """``s [..., B, d]``, ``t_emb`` broadcastable to ``[..., B, H]`` → ``[..., B, out]``."""
         return self.out(self.joint(self.state_net(s) + t_emb))
+
+    def frozen(self, t_emb: torch.Tensor) -> FrozenNet:
+        """The network at fixed weights for a sampling loop without autograd (see :class:`FrozenNet`)."""
+        hidden = [(m.weight.detach().t(), m.bias.detach()) for m in self.joint if isinstance(m, nn.Linear)]
+        return FrozenNet(
+            self.state_net.weight.detach().t(),
+            (t_emb + self.state_net.bias).detach(),
+            hidden,
+            (self.out.weight.detach().t(), self.out.bias.detach()),
+        )
+
+
+class FrozenNet:
+    """A :class:`StateTimeNet` evaluated step by step in a rollout loop: the time embedding is folded into the
+    first layer's bias for every grid time and each layer is one fused ``addmm`` (bias + matmul), so a step costs
+    a handful of kernel calls. Same function as ``StateTimeNet.forward`` up to float rounding; no autograd."""
+
+    def __init__(self, w_in: torch.Tensor, time_bias: torch.Tensor, hidden: list, out: tuple):
+        self.w_in, self.time_bias, self.hidden, self.out = w_in, time_bias, hidden, out
+
+    def __call__(self, s: torch.Tensor, i: int) -> torch.Tensor:
+        """``s [B, d]`` at grid time index ``i`` → ``[B, out]``."""
+        h = F.gelu(torch.addmm(self.time_bias[i], s, self.w_in))
+        for w, b in self.hidden:
+            h = F.gelu(torch.addmm(b, h, w))
+        return torch.addmm(self.out[1], h, self.out[0])
 
 
 class TimeScaleNet(nn.Module):
