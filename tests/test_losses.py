@@ -6,6 +6,7 @@ recomputed here one step at a time from the formulas of SPEC §2 before the loss
 """
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -479,3 +480,19 @@ def test_losses_on_real_trajectories_equal_the_reference(direction, flow):
         assert got.shape == (GFN_B,) and got.requires_grad, name
         want = REFS[name](ref_traj)
         torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-3, msg=name)
+
+
+def test_subtb_in_float32_stays_accurate_when_flows_are_large():
+    # The equal-length SubTB is a quadratic form in A_i = log F_i − C_i; expanded naively in float32 it would cancel
+    # terms of size A² ~ 1e6 to leave residuals of size 1. It must match the float64 pairwise loop to float32 accuracy.
+    t64 = _random_traj(5)
+    offset = 1000.0 + 50 * torch.arange(T + 1, dtype=torch.float64)  # large flows, still small residuals
+    t64 = dataclasses.replace(t64, log_flow=t64.log_flow + offset, log_reward=t64.log_reward + offset[-1])
+    t64 = dataclasses.replace(t64, log_flow=torch.cat([t64.log_flow[:, :-1], t64.log_reward[:, None]], 1))
+    t64 = dataclasses.replace(t64, log_pf=t64.log_pf + 50)
+    t32 = dataclasses.replace(
+        t64, **{k: getattr(t64, k).float() for k in ("states", "log_pf", "log_pb", "log_reward", "log_flow", "log_Z")}
+    )
+    got = subtrajectory_balance(t32)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref_subtb(t64), rtol=1e-4, atol=1e-4)  # float32 rounding of A

@@ -91,10 +91,14 @@ def subtrajectory_balance(traj: Trajectories, lam: float = 2.0) -> torch.Tensor:
     log_w = span * math.log(lam)
     valid = span > 0  # [T+1, T+1]
     if traj.mask is None:
-        valid = valid[None].expand(B, n, n)
-    else:
-        length = traj.mask.sum(1)  # [B]
-        valid = valid[None] & (idx[None, None, :] <= length[:, None, None])
+        # Equal lengths: one weight matrix W for the batch, and Σ_ij W_ij (A_i − A_j)² is a quadratic form,
+        # (A²)·(row sums + column sums) − 2 A·(W A), computed in float64 (the expansion cancels large terms).
+        W = torch.softmax(log_w.masked_fill(~valid, float("-inf")).reshape(-1), 0).reshape(n, n).double()
+        A64 = A.double()
+        quad = A64.pow(2) @ (W.sum(1) + W.sum(0)) - 2 * (A64 * (A64 @ W.T)).sum(1)
+        return quad.to(F.dtype)
+    length = traj.mask.sum(1)  # [B] (masked trajectories of different lengths: weights per trajectory)
+    valid = valid[None] & (idx[None, None, :] <= length[:, None, None])
     log_w = log_w[None].expand(B, n, n).masked_fill(~valid, float("-inf"))
     w = torch.softmax(log_w.reshape(B, -1), dim=1).reshape(B, n, n)  # Σ w = 1 per trajectory
     return (w * res.masked_fill(~valid, 0.0).pow(2)).sum((1, 2))
