@@ -268,7 +268,6 @@ class DiffusionGFN(nn.Module):
         g_all = None if g is None else g.detach()
         var0 = self.dt * self.t_scale
         s = torch.zeros(n, d, device=t_emb.device)
-        noise = torch.randn(T, n, d, device=s.device, generator=generator)  # one draw for the whole rollout
         states, grads, log_rs, means, variances = [s], [], [], [], []
         for i in range(T):
             out = net(s, i)
@@ -289,9 +288,9 @@ class DiffusionGFN(nn.Module):
                 var = torch.exp(torch.tanh(out[:, d:]).mul_(self.log_var_range)).mul_(var0)
                 if with_log_pf:
                     variances.append(var.clone())
-                s = torch.addcmul(step, noise[i], var.add_(eps2).sqrt_())
+                s = torch.addcmul(step, _noise(n, d, s, generator), var.add_(eps2).sqrt_())
             else:
-                s = step.add(noise[i], alpha=math.sqrt(var0 + eps2))
+                s = step.add(_noise(n, d, s, generator), alpha=math.sqrt(var0 + eps2))
             states.append(s)
         S = torch.stack(states)
         log_pf = None
@@ -303,7 +302,6 @@ class DiffusionGFN(nn.Module):
         """The PIS rollout: the states carry the gradient through the whole chain."""
         T, d, dt = self.T, self.dim, self.dt
         s = torch.zeros(n, d, device=t_emb.device)
-        noise = torch.randn(T, n, d, device=s.device, generator=generator)
         states, grads, log_rs, means, log_vars = [s], [], [], [], []
         for i in range(T):
             gi = None
@@ -314,7 +312,7 @@ class DiffusionGFN(nn.Module):
             out = self._policy(s, t_emb[i], None if g is None else g[i], gi)
             var = self._pf_var(out.log_var)
             std = torch.sqrt(var + eps2) if isinstance(var, torch.Tensor) else math.sqrt(var + eps2)
-            s = s + dt * out.mean + std * noise[i]
+            s = s + dt * out.mean + std * _noise(n, d, s, generator)
             states.append(s)
             means.append(out.mean)
             log_vars.append(out.log_var)
@@ -368,3 +366,9 @@ class DiffusionGFN(nn.Module):
         _, t_emb, g = self._time_grid()
         log_pf = self._log_pf(S, t_emb, g, G)
         return self._assemble(S, log_pf, self._log_pb(S), log_reward, log_r_states if need_lr_states else None)
+
+
+def _noise(n: int, d: int, like: torch.Tensor, generator) -> torch.Tensor:
+    """One step's N(0, I) noise ``[n, d]``, drawn step by step: the random stream (and so every result for a given
+    seed) is the same as with the step-by-step rollout this loop replaced."""
+    return torch.randn(n, d, device=like.device, dtype=like.dtype, generator=generator)
