@@ -85,7 +85,6 @@ def subtrajectory_balance(traj: Trajectories, lam: float = 2.0) -> torch.Tensor:
     diff = traj._masked(traj.log_pf - traj.log_pb)  # [B, T]
     C = torch.cat([torch.zeros_like(diff[:, :1]), diff.cumsum(1)], 1)  # [B, T+1]
     A = F - C
-    res = A[:, :, None] - A[:, None, :]  # [B, T+1, T+1], (i, j)
     idx = torch.arange(n, device=F.device)
     span = (idx[None, :] - idx[:, None]).to(F.dtype)  # [T+1, T+1] j − i
     log_w = span * math.log(lam)
@@ -101,6 +100,7 @@ def subtrajectory_balance(traj: Trajectories, lam: float = 2.0) -> torch.Tensor:
     valid = valid[None] & (idx[None, None, :] <= length[:, None, None])
     log_w = log_w[None].expand(B, n, n).masked_fill(~valid, float("-inf"))
     w = torch.softmax(log_w.reshape(B, -1), dim=1).reshape(B, n, n)  # Σ w = 1 per trajectory
+    res = A[:, :, None] - A[:, None, :]  # [B, T+1, T+1], (i, j)
     return (w * res.masked_fill(~valid, 0.0).pow(2)).sum((1, 2))
 
 
