@@ -117,7 +117,10 @@ class DiffusionGFN(nn.Module):
     ) -> _PolicyOut:
         """Drift and log-variance multiplier at states ``s [..., B, d]`` (t_emb, g broadcast to it)."""
         net = self.policy if self._compiled_policy is None else self._compiled_policy
-        out = net(s, t_emb)
+        return self._policy_head(net(s, t_emb), g, grad)
+
+    def _policy_head(self, out: torch.Tensor, g: torch.Tensor | None, grad: torch.Tensor | None) -> _PolicyOut:
+        """The raw network output → drift (with the Langevin term) and log-variance multiplier."""
         if self.clipping:
             out = out.clamp(-self.out_clip, self.out_clip)
         d = self.dim
@@ -126,7 +129,8 @@ class DiffusionGFN(nn.Module):
             if self.clipping:
                 grad = grad.clamp(-self.lgv_clip, self.lgv_clip)
             mean = mean + g * grad
-        log_var = self.log_var_range * torch.tanh(out[..., d:]) if self.learned_variance else 0.0
+        # tanh of the contiguous copy: on the strided half it is ~5× slower than the copy costs
+        log_var = self.log_var_range * torch.tanh(out[..., d:].contiguous()) if self.learned_variance else 0.0
         return _PolicyOut(mean, log_var)
 
     def _pf_var(self, log_var) -> torch.Tensor | float:
@@ -189,11 +193,16 @@ class DiffusionGFN(nn.Module):
         lp = gaussian_log_prob(s_prev, mean, var)  # [T-1, B]
         return torch.cat([lp.new_zeros(1, states.shape[1]), lp], 0)
 
-    def _log_pf(self, states, t_emb, g, grads) -> torch.Tensor:
-        """``[T, B]`` log P_F(s_{i+1} | s_i) under the unexplored policy, batched over steps."""
+    def _log_pf(self, states, t_emb, g, grads, tape=None) -> torch.Tensor:
+        """``[T, B]`` log P_F(s_{i+1} | s_i) under the unexplored policy, batched over steps (from the sampling
+        loop's recorded network outputs when a ``tape`` is given)."""
         T = self.T
         s, s_next = states[:T], states[1:]
-        out = self._policy(s, t_emb[:T, None], None if g is None else g[:T, None], grads)
+        g_T = None if g is None else g[:T, None]
+        if tape is not None:
+            out = self._policy_head(self.policy.taped(tape, s, t_emb[:T]), g_T, grads)
+        else:
+            out = self._policy(s, t_emb[:T, None], g_T, grads)
         return gaussian_log_prob(s_next, s + self.dt * out.mean, self._pf_var(out.log_var))
 
     def _assemble(self, states: torch.Tensor, log_pf, log_pb, log_reward, log_r_states) -> Trajectories:
@@ -242,11 +251,13 @@ class DiffusionGFN(nn.Module):
             log_reward = self.energy.log_reward(S[-1])
         else:
             keep = not torch.is_grad_enabled()  # no gradient wanted: log P_F from the loop's own policy outputs
+            # with a gradient: the loop records every layer, and log P_F is differentiated from that recording
+            tape = None if keep or self._compiled_policy is not None else self.policy.new_tape(T, n, t_emb)
             with torch.no_grad():
-                S, G, log_rs, log_pf = self._sample_states(n, t_emb, g, eps2, generator, keep)
+                S, G, log_rs, log_pf = self._sample_states(n, t_emb, g, eps2, generator, keep, tape)
                 log_reward = self.energy.log_reward(S[-1])
-            if log_pf is None:  # recomputed batched, with the gradient, at the sampled states
-                log_pf = self._log_pf(S, t_emb, g, G)
+            if log_pf is None:  # batched over steps, with the gradient, at the sampled states
+                log_pf = self._log_pf(S, t_emb, g, G, tape)
         log_r_states = None
         if self.flow_type == "forward_looking":
             if need_grad:
@@ -255,13 +266,14 @@ class DiffusionGFN(nn.Module):
                 log_r_states = torch.cat([self._energy_at(S[:T], False)[0], log_reward.detach()[None]], 0)
         return self._assemble(S, log_pf, self._log_pb(S), log_reward, log_r_states)
 
-    def _sample_states(self, n: int, t_emb, g, eps2: float, generator, with_log_pf: bool = False):
+    def _sample_states(self, n: int, t_emb, g, eps2: float, generator, with_log_pf: bool = False, tape=None):
         """The sampling loop without autograd: ``(states [T+1, B, d], ∇log r [T, B, d] or None, log r list,
         log P_F [T, B] or None)``.
 
         Per step only the policy (a :class:`FrozenNet`: fused layers, time folded into the first bias), the
         Langevin term and the Gaussian update; densities are computed afterwards on the stacked states — from the
-        loop's drifts and variances when ``with_log_pf`` (no gradient needed), else by the caller.
+        loop's drifts and variances when ``with_log_pf`` (no gradient needed), else by the caller (from ``tape``,
+        where the loop records every layer, when one is given).
         """
         T, d, dt = self.T, self.dim, self.dt
         net = self.policy.frozen(t_emb)
@@ -270,9 +282,13 @@ class DiffusionGFN(nn.Module):
         s = torch.zeros(n, d, device=t_emb.device)
         states, grads, log_rs, means, variances = [s], [], [], [], []
         for i in range(T):
-            out = net(s, i)
+            out = net(s, i, tape)
             if self.clipping:
-                out.clamp_(-self.out_clip, self.out_clip)
+                out = (
+                    out.clamp(-self.out_clip, self.out_clip)
+                    if tape is not None
+                    else out.clamp_(-self.out_clip, self.out_clip)
+                )
             mean = out[:, :d]
             if self.langevin:
                 lr_i, gi = self.energy.log_reward_and_grad(s)
