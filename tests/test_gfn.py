@@ -14,7 +14,7 @@ import torch
 from sampler.energies.gaussian import DiagonalGaussian
 from sampler.evaluation import evaluate
 from sampler.gfn import DiffusionGFN
-from sampler.losses import trajectory_balance
+from sampler.losses import subtrajectory_balance, trajectory_balance
 
 LOG_Z = 1.3  # the Gaussian target's log-normaliser; not 0, so that a missing log Z shows
 T = 10
@@ -294,31 +294,46 @@ def test_the_fused_sampling_loop_takes_the_steps_of_the_policy(options):
         {"langevin": True, "langevin_per_dim": True},
         {"arch": "mlp"},
         {"num_layers": 1},
-        {"num_layers": 3, "flow": "forward_looking"},
+        {"num_layers": 3, "flow": "forward_looking", "learn_pb": True},
     ],
-    ids=["learned_var", "fixed_var", "lp_per_dim", "mlp", "1_layer", "3_layers_fl"],
+    ids=["learned_var", "fixed_var", "lp_per_dim", "mlp", "1_layer", "3_layers_fl_pb"],
 )
-def test_log_pf_differentiated_from_the_loops_recording_equals_batched_autograd(options):
-    # With a gradient wanted, the sampling loop records every layer and log P_F is differentiated from that
-    # recording (a hand-written MLP backward); it must give the losses and the gradients — for every parameter,
-    # the time embedding's included — of autograd through the batched network at the same states.
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_networks_differentiated_from_recorded_passes_equal_autograd(options, direction, monkeypatch):
+    # With a gradient wanted, forward rollouts record every layer in the sampling loop and log P_F is
+    # differentiated from that recording; other batched network passes over sampled states (backward
+    # trajectories, flows, learned P_B) run as one recorded pass. Both use a hand-written MLP backward, which must
+    # give the losses and the gradients — for every parameter, the time embeddings' included — of autograd.
+    import sampler.gfn.diffusion as diffusion
     from sampler.energies import GMM9
 
     torch.manual_seed(2)
     gfn = DiffusionGFN(GMM9(), T=10, t_scale=5.0, hidden_dim=16, zero_init=False, **options)
+    x = GMM9().sample(40, generator=torch.Generator().manual_seed(4))
     results = []
-    for taped in (True, False):
-        if not taped:
-            gfn.policy.new_tape = lambda *args: None  # instance attribute: the batched recomputation
+    for recorded in (True, False):
+        if not recorded:  # plain autograd through the modules
+            monkeypatch.setattr(gfn.policy, "new_tape", lambda *args: None)
+            monkeypatch.setattr(diffusion, "_over_steps", lambda net, s, t_emb: net(s, t_emb))
         gfn.zero_grad()
-        traj = gfn.rollout_forward(40, exploration_std=0.2, generator=torch.Generator().manual_seed(5))
-        loss = (traj.log_pf.sum(1) * torch.linspace(-1, 2, 40)).sum() + trajectory_balance(traj).sum()
+        gen = torch.Generator().manual_seed(5)
+        if direction == "forward":
+            traj = gfn.rollout_forward(40, exploration_std=0.2, generator=gen)
+        else:
+            traj = gfn.rollout_backward(x, generator=gen)
+        weights = torch.linspace(-1, 2, 40)
+        loss = (traj.log_pf.sum(1) * weights).sum() + (traj.log_pb.sum(1) * weights).sum()
+        loss = loss + (
+            subtrajectory_balance(traj).sum() if traj.log_flow is not None else trajectory_balance(traj).sum()
+        )
         loss.backward()
         grads = {n: p.grad.clone() for n, p in gfn.named_parameters() if p.grad is not None}
         results.append((traj.log_pf.detach(), grads))
     (lp_t, g_t), (lp_b, g_b) = results
     torch.testing.assert_close(lp_t, lp_b, rtol=1e-5, atol=1e-4)
     assert g_t.keys() == g_b.keys() and any(k.startswith("policy.time_net") for k in g_t)
+    if gfn.flow_net is not None:
+        assert any(k.startswith("flow_net.") for k in g_t) and any(k.startswith("pb_net.") for k in g_t)
     for name in g_b:
         torch.testing.assert_close(g_t[name], g_b[name], rtol=1e-4, atol=1e-4, msg=name)
     assert all(g_b[n].abs().max() > 0 for n in g_b if n.startswith("policy."))

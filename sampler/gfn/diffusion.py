@@ -116,8 +116,9 @@ class DiffusionGFN(nn.Module):
         self, s: torch.Tensor, t_emb: torch.Tensor, g: torch.Tensor | None, grad: torch.Tensor | None
     ) -> _PolicyOut:
         """Drift and log-variance multiplier at states ``s [..., B, d]`` (t_emb, g broadcast to it)."""
-        net = self.policy if self._compiled_policy is None else self._compiled_policy
-        return self._policy_head(net(s, t_emb), g, grad)
+        if self._compiled_policy is not None:
+            return self._policy_head(self._compiled_policy(s, t_emb), g, grad)
+        return self._policy_head(_over_steps(self.policy, s, t_emb), g, grad)
 
     def _policy_head(self, out: torch.Tensor, g: torch.Tensor | None, grad: torch.Tensor | None) -> _PolicyOut:
         """The raw network output → drift (with the Langevin term) and log-variance multiplier."""
@@ -170,7 +171,7 @@ class DiffusionGFN(nn.Module):
         T = self.T
         inner = states[:T]  # [T, B, d]
         f_emb = self.flow_net.embed_time(self.times[:T])[:, None]  # [T, 1, H]
-        F = self.flow_net(inner, f_emb).squeeze(-1)  # [T, B]
+        F = _over_steps(self.flow_net, inner, f_emb).squeeze(-1)  # [T, B]
         if self.flow_type == "forward_looking":
             t = self.times[:T, None]  # [T, 1]
             i = torch.arange(T, device=states.device, dtype=states.dtype)
@@ -187,7 +188,7 @@ class DiffusionGFN(nn.Module):
         pb_out = None
         if self.pb_net is not None:
             pb_emb = self.pb_net.embed_time(self.times[2:])[:, None]
-            pb_out = self.pb_net(s_next, pb_emb)
+            pb_out = _over_steps(self.pb_net, s_next, pb_emb)
         mean, var = self._pb_mean_var(s_next, idx, pb_out)
         var = var.expand_as(s_prev) if isinstance(var, torch.Tensor) else var
         lp = gaussian_log_prob(s_prev, mean, var)  # [T-1, B]
@@ -382,6 +383,14 @@ class DiffusionGFN(nn.Module):
         _, t_emb, g = self._time_grid()
         log_pf = self._log_pf(S, t_emb, g, G)
         return self._assemble(S, log_pf, self._log_pb(S), log_reward, log_r_states if need_lr_states else None)
+
+
+def _over_steps(net: StateTimeNet, s: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+    """``net(s [T, B, d], t_emb [T, 1, H])``; for sampled states (no gradient of their own) with a gradient wanted
+    for the network, through its recorded pass and hand-written backward (:meth:`StateTimeNet.batched`)."""
+    if torch.is_grad_enabled() and s.dim() == 3 and not s.requires_grad and t_emb.shape[0] == s.shape[0]:
+        return net.batched(s, t_emb)
+    return net(s, t_emb)
 
 
 def _noise(n: int, d: int, like: torch.Tensor, generator) -> torch.Tensor:
