@@ -143,9 +143,12 @@ class ManyWell(Energy):
         x = x.detach()
         a, b = x[:, 0::2], x[:, 1::2]  # [B, d/2] each
         grad = torch.empty_like(x)
-        grad[:, 0::2] = -4.0 * a.pow(3) + 12.0 * a + 0.5
-        grad[:, 1::2] = -b
-        return (_log_double_well(a) - 0.5 * b * b).sum(1), grad
+        ga, gb = grad[:, 0::2], grad[:, 1::2]
+        torch.mul(a, a, out=ga)  # ∂/∂a = a·(12 − 4a²) + 0.5, built in place from a²
+        log_r = _log_double_well(a).sub_(b * b, alpha=0.5).sum(1)
+        ga.mul_(-4.0).add_(12.0).mul_(a).add_(0.5)
+        torch.neg(b, out=gb)
+        return log_r, grad
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` exact samples: every a_k by rejection sampling, every b_k ~ N(0, 1).
