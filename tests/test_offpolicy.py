@@ -61,6 +61,10 @@ def test_both_ways_from_a_buffer_works_with_every_forward_loss(tiny_cfg, loss):
     rows = _rows(objects["run_dir"])
     assert [r["phase"] for r in rows] == ["forward", "backward"] * 3  # row k reports step k-1
     assert float(rows[-1]["buffer_size"]) == 3 * 16  # three forward batches stored, none twice
+    # every row from the second on carries both phases' latest losses: its own, and the other phase's last one
+    assert rows[0]["loss_forward"] == "" and rows[0]["loss_backward"] == ""
+    for prev, row in zip(rows, rows[1:], strict=False):
+        assert row[f"loss_{row['phase']}"] == row["loss"] and row[f"loss_{prev['phase']}"] == prev["loss"]
 
 
 def test_local_search_fills_its_buffer_and_logs_acceptance(tiny_cfg):

@@ -8,6 +8,10 @@ from pathlib import Path
 #: Column order; evaluation keys follow SPEC §8.
 TRAIN_KEYS = (
     "loss",
+    "loss_forward",  # with several phase kinds: the latest loss of each
+    "loss_backward",
+    "loss_teacher",
+    "loss_replay",
     "phase",
     "eps",
     "log_Z",

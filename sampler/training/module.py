@@ -93,6 +93,7 @@ class SamplerModule(L.LightningModule):
         self._pending_generator_state: torch.Tensor | None = None
         self.stats: dict[str, torch.Tensor | float | str] = {}
         self.phase_counts: dict[str, int] = {}  # steps per phase kind so far (saved in checkpoints)
+        self.last_losses: dict[str, torch.Tensor] = {}  # latest loss per phase kind (logged side by side)
         self.offpolicy = OffPolicy(cfg, self.energy.dim, store_forward="first" if self.teaching else "always")
         uses_exact = not self.teaching and cfg.train.phases != "forward" and cfg.train.backward_source == "exact"
         if uses_exact and not getattr(self.energy, "has_sampler", False):
@@ -120,6 +121,7 @@ class SamplerModule(L.LightningModule):
             "seed": self.seed,
             "offpolicy": self.offpolicy.state_dict(),
             "phase_counts": {k: torch.tensor(v) for k, v in self.phase_counts.items()},
+            "last_losses": dict(self.last_losses),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -130,6 +132,7 @@ class SamplerModule(L.LightningModule):
         self._pending_generator_state = state["generator"]
         self.offpolicy.load_state_dict(state.get("offpolicy", {}))
         self.phase_counts = {k: int(v) for k, v in state.get("phase_counts", {}).items()}
+        self.last_losses = dict(state.get("last_losses", {}))
 
     # ------------------------------------------------------------------------------------------------ optimisers
     def configure_optimizers(self):
@@ -262,6 +265,9 @@ class SamplerModule(L.LightningModule):
         total = sum(self.phase_counts.values())
         self.stats = {"loss": loss.detach(), "phase": kind, "eps": float(eps or 0.0)}
         self.stats.update({f"share_{k}": v / total for k, v in self.phase_counts.items()})
+        self.last_losses[kind] = loss.detach()
+        if len(self.last_losses) > 1:  # a logged row shows one phase's loss; keep the others' latest beside it
+            self.stats.update({f"loss_{k}": v for k, v in self.last_losses.items()})
         if teacher_loss is not None:
             self.stats["teacher_loss"] = teacher_loss
         if traj.log_Z is not None:
