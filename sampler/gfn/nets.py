@@ -6,6 +6,7 @@ part evaluated on ``[..., B, d]`` states, so a rollout never embeds the same tim
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -104,14 +105,9 @@ class StateTimeNet(nn.Module):
         N, H = T * B, tape.z.shape[-1]
         with torch.no_grad():
             net = self.frozen(t_emb.reshape(T, -1))
-            z, h = tape.z.view(-1, N, H), tape.h.view(-1, N, H)
-            torch.matmul(s, net.w_in, out=tape.z[0])
+            torch.matmul(s, net.w_in, out=tape.z[0])  # the time bias differs per step: added over [T, B, H]
             tape.z[0].add_(net.time_bias[:, None])
-            torch._C._nn.gelu(z[0], out=h[0])
-            for k, (w, b) in enumerate(net.hidden, 1):
-                torch.addmm(b, h[k - 1], w, out=z[k])
-                torch._C._nn.gelu(z[k], out=h[k])
-            torch.addmm(net.out[1], h[-1], net.out[0], out=tape.out.view(N, -1))
+            net.record_layers(tape.z.view(-1, N, H), tape.h.view(-1, N, H), tape.out.view(N, -1))
         return self.taped(tape, s, t_emb)
 
     def taped(self, tape: RolloutTape, s: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
@@ -131,9 +127,13 @@ class RolloutTape:
         self.z = torch.empty(n_act, T, B, H, **kw)
         self.h = torch.empty(n_act, T, B, H, **kw)
         self.out = torch.empty(T, B, out_dim, **kw)
-        # per-step views, made once (indexing the [n_act, T, B, H] buffers each step costs more than a layer)
+
+    @functools.cached_property
+    def steps(self) -> list[tuple]:
+        """Per-step views ``(z, h, out)`` for a loop, made once on first use (indexing the ``[n_act, T, B, H]``
+        buffers each step costs more than a layer)."""
         zs, hs = [z.unbind(0) for z in self.z], [h.unbind(0) for h in self.h]
-        self.steps = [(tuple(z[i] for z in zs), tuple(h[i] for h in hs), o) for i, o in enumerate(self.out.unbind(0))]
+        return [(tuple(z[i] for z in zs), tuple(h[i] for h in hs), o) for i, o in enumerate(self.out.unbind(0))]
 
 
 class _TapedNet(torch.autograd.Function):
@@ -185,15 +185,20 @@ class FrozenNet:
         if tape is not None:
             z, h, out = tape.steps[i]
             torch.addmm(self.time_bias[i], s, self.w_in, out=z[0])
-            torch._C._nn.gelu(z[0], out=h[0])
-            for k, (w, b) in enumerate(self.hidden, 1):
-                torch.addmm(b, h[k - 1], w, out=z[k])
-                torch._C._nn.gelu(z[k], out=h[k])
-            return torch.addmm(self.out[1], h[-1], self.out[0], out=out)
+            return self.record_layers(z, h, out)
         h = F.gelu(torch.addmm(self.time_bias[i], s, self.w_in))
         for w, b in self.hidden:
             h = F.gelu(torch.addmm(b, h, w))
         return torch.addmm(self.out[1], h, self.out[0])
+
+    def record_layers(self, z, h, out: torch.Tensor) -> torch.Tensor:
+        """From the first pre-activation ``z[0]`` (already written), every GELU output ``h[k]``, hidden
+        pre-activation ``z[k]`` and the output into the given buffers; returns ``out``."""
+        torch._C._nn.gelu(z[0], out=h[0])
+        for k, (w, b) in enumerate(self.hidden, 1):
+            torch.addmm(b, h[k - 1], w, out=z[k])
+            torch._C._nn.gelu(z[k], out=h[k])
+        return torch.addmm(self.out[1], h[-1], self.out[0], out=out)
 
 
 class TimeScaleNet(nn.Module):
