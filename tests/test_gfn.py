@@ -299,22 +299,25 @@ def test_the_fused_sampling_loop_takes_the_steps_of_the_policy(options):
     ids=["learned_var", "fixed_var", "lp_per_dim", "mlp", "1_layer", "3_layers_fl_pb"],
 )
 @pytest.mark.parametrize("direction", ["forward", "backward"])
-def test_networks_differentiated_from_recorded_passes_equal_autograd(options, direction, monkeypatch):
+@pytest.mark.parametrize("native", ["auto", "false"], ids=["native", "pytorch"])
+def test_networks_differentiated_from_recorded_passes_equal_autograd(options, direction, native, monkeypatch):
     # With a gradient wanted, forward rollouts record every layer in the sampling loop and log P_F is
     # differentiated from that recording; other batched network passes over sampled states (backward
-    # trajectories, flows, learned P_B) run as one recorded pass. Both use a hand-written MLP backward, which must
-    # give the losses and the gradients — for every parameter, the time embeddings' included — of autograd.
+    # trajectories, flows, learned P_B) run as one recorded pass. Both use a hand-written MLP backward (in native
+    # code, or in PyTorch), which must give the losses and the gradients — for every parameter, the time
+    # embeddings' included — of plain autograd through the modules.
     import sampler.gfn.diffusion as diffusion
     from sampler.energies import GMM9
 
     torch.manual_seed(2)
-    gfn = DiffusionGFN(GMM9(), T=10, t_scale=5.0, hidden_dim=16, zero_init=False, **options)
+    gfn = DiffusionGFN(GMM9(), T=10, t_scale=5.0, hidden_dim=16, zero_init=False, native=native, **options)
     x = GMM9().sample(40, generator=torch.Generator().manual_seed(4))
     results = []
     for recorded in (True, False):
         if not recorded:  # plain autograd through the modules
+            monkeypatch.setattr(gfn, "native_mode", "false")
             monkeypatch.setattr(gfn.policy, "new_tape", lambda *args: None)
-            monkeypatch.setattr(diffusion, "_over_steps", lambda net, s, t_emb: net(s, t_emb))
+            monkeypatch.setattr(diffusion, "_over_steps", lambda net, s, t_emb, *_: net(s, t_emb))
         gfn.zero_grad()
         gen = torch.Generator().manual_seed(5)
         if direction == "forward":

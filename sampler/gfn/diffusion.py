@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from sampler.energies.base import Energy
+from sampler.gfn import native as kernels
 from sampler.gfn.nets import StateTimeNet, TimeScaleNet, gaussian_log_prob
 from sampler.gfn.trajectories import Trajectories
 
@@ -49,6 +50,8 @@ class DiffusionGFN(nn.Module):
         log_Z_init: initial value of the scalar log Z.
         compile: run the policy network through ``torch.compile`` (same parameters and state dict; the first
             steps pay the compilation).
+        native: ``auto | true | false`` — the compiled CPU kernels of the sampling loop, log P_F and log P_B
+            (:mod:`sampler.gfn.native`) on CPU float32; ``auto`` falls back to PyTorch where they cannot be built.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class DiffusionGFN(nn.Module):
         flow: str = "scalar",
         log_Z_init: float = 0.0,
         compile: bool = False,
+        native: str | bool = "auto",
     ):
         super().__init__()
         if flow not in FLOWS:
@@ -99,6 +103,15 @@ class DiffusionGFN(nn.Module):
         self.register_buffer("times", torch.arange(self.T + 1, dtype=torch.float32) / self.T, persistent=False)
         # Not a registered sub-module: the compiled wrapper shares the policy's parameters and adds no state.
         object.__setattr__(self, "_compiled_policy", torch.compile(self.policy, dynamic=False) if compile else None)
+        self.native_mode = kernels.parse_mode(native)
+        if self.native_mode == "true":
+            kernels.load(required=True)  # fail at construction, not at the first rollout
+
+    def _kernels(self, like: torch.Tensor):
+        """The native kernel module when it applies to tensors like ``like`` (else None: the PyTorch path)."""
+        if self.native_mode == "false" or self._compiled_policy is not None or not kernels.usable_for(like):
+            return None
+        return kernels.load(required=self.native_mode == "true")
 
     # ----------------------------------------------------------------------------------------------- parameters
     def policy_parameters(self) -> list[nn.Parameter]:
@@ -116,9 +129,13 @@ class DiffusionGFN(nn.Module):
         self, s: torch.Tensor, t_emb: torch.Tensor, g: torch.Tensor | None, grad: torch.Tensor | None
     ) -> _PolicyOut:
         """Drift and log-variance multiplier at states ``s [..., B, d]`` (t_emb, g broadcast to it)."""
+        return self._policy_head(self._policy_raw(s, t_emb), g, grad)
+
+    def _policy_raw(self, s: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        """The policy network's raw output at ``s [..., B, d]`` (compiled, or recorded for batched sampled states)."""
         if self._compiled_policy is not None:
-            return self._policy_head(self._compiled_policy(s, t_emb), g, grad)
-        return self._policy_head(_over_steps(self.policy, s, t_emb), g, grad)
+            return self._compiled_policy(s, t_emb)
+        return _over_steps(self.policy, s, t_emb, self._kernels(s))
 
     def _policy_head(self, out: torch.Tensor, g: torch.Tensor | None, grad: torch.Tensor | None) -> _PolicyOut:
         """The raw network output → drift (with the Langevin term) and log-variance multiplier."""
@@ -171,7 +188,7 @@ class DiffusionGFN(nn.Module):
         T = self.T
         inner = states[:T]  # [T, B, d]
         f_emb = self.flow_net.embed_time(self.times[:T])[:, None]  # [T, 1, H]
-        F = _over_steps(self.flow_net, inner, f_emb).squeeze(-1)  # [T, B]
+        F = _over_steps(self.flow_net, inner, f_emb, self._kernels(inner)).squeeze(-1)  # [T, B]
         if self.flow_type == "forward_looking":
             t = self.times[:T, None]  # [T, 1]
             i = torch.arange(T, device=states.device, dtype=states.dtype)
@@ -183,12 +200,15 @@ class DiffusionGFN(nn.Module):
     def _log_pb(self, states: torch.Tensor) -> torch.Tensor:
         """``[T, B]`` log P_B(s_i | s_{i+1}) for states ``[T+1, B, d]``; the step to s_0 is deterministic."""
         T = self.T
+        native = self._kernels(states) if self.pb_net is None and not states.requires_grad else None
+        if native is not None:
+            return native.bridge_log_prob(states, self.t_scale, self.dt)
         idx = torch.arange(1, T, device=states.device)
         s_next, s_prev = states[2:], states[1:T]  # [T-1, B, d]
         pb_out = None
         if self.pb_net is not None:
             pb_emb = self.pb_net.embed_time(self.times[2:])[:, None]
-            pb_out = _over_steps(self.pb_net, s_next, pb_emb)
+            pb_out = _over_steps(self.pb_net, s_next, pb_emb, self._kernels(s_next))
         mean, var = self._pb_mean_var(s_next, idx, pb_out)
         var = var.expand_as(s_prev) if isinstance(var, torch.Tensor) else var
         lp = gaussian_log_prob(s_prev, mean, var)  # [T-1, B]
@@ -200,11 +220,19 @@ class DiffusionGFN(nn.Module):
         T = self.T
         s, s_next = states[:T], states[1:]
         g_T = None if g is None else g[:T, None]
-        if tape is not None:
-            out = self._policy_head(self.policy.taped(tape, s, t_emb[:T]), g_T, grads)
-        else:
-            out = self._policy(s, t_emb[:T, None], g_T, grads)
+        raw = self.policy.taped(tape, s, t_emb[:T]) if tape is not None else self._policy_raw(s, t_emb[:T, None])
+        native = self._kernels(states) if not states.requires_grad else None
+        if native is not None:  # the head and the Gaussian density fused, forward and backward
+            extra = None
+            if self.langevin:
+                extra = g_T * (grads.clamp(-self.lgv_clip, self.lgv_clip) if self.clipping else grads)
+            return kernels.PFHeadLogProb.apply(native, self._head_args(), raw, s, s_next, extra)
+        out = self._policy_head(raw, g_T, grads)
         return gaussian_log_prob(s_next, s + self.dt * out.mean, self._pf_var(out.log_var))
+
+    def _head_args(self) -> tuple:
+        """The forward head's constants as the native kernels take them."""
+        return (self.dt, self.dt * self.t_scale, self.log_var_range, self.learned_variance, self.clipping, self.out_clip)
 
     def _assemble(self, states: torch.Tensor, log_pf, log_pb, log_reward, log_r_states) -> Trajectories:
         log_flow, log_Z = None, None
@@ -253,7 +281,9 @@ class DiffusionGFN(nn.Module):
         else:
             keep = not torch.is_grad_enabled()  # no gradient wanted: log P_F from the loop's own policy outputs
             # with a gradient: the loop records every layer, and log P_F is differentiated from that recording
-            tape = None if keep or self._compiled_policy is not None else self.policy.new_tape(T, n, t_emb)
+            tape = None
+            if not keep and self._compiled_policy is None:
+                tape = self.policy.new_tape(T, n, t_emb, self._kernels(t_emb))
             with torch.no_grad():
                 S, G, log_rs, log_pf = self._sample_states(n, t_emb, g, eps2, generator, keep, tape)
                 log_reward = self.energy.log_reward(S[-1])
@@ -279,6 +309,9 @@ class DiffusionGFN(nn.Module):
         T, d, dt = self.T, self.dim, self.dt
         net = self.policy.frozen(t_emb)
         g_all = None if g is None else g.detach()
+        native = self._kernels(t_emb)
+        if native is not None:
+            return self._sample_states_native(native, net, n, g_all, eps2, generator, with_log_pf, tape)
         var0 = self.dt * self.t_scale
         s = torch.zeros(n, d, device=t_emb.device)
         states, grads, log_rs, means, variances = [s], [], [], [], []
@@ -314,6 +347,30 @@ class DiffusionGFN(nn.Module):
         if with_log_pf:  # under the unexplored policy, as _log_pf computes it
             log_pf = gaussian_log_prob(S[1:], torch.stack(means), torch.stack(variances) if variances else var0)
         return S, (torch.stack(grads) if self.langevin else None), log_rs, log_pf
+
+    def _sample_states_native(self, native, net, n: int, g_all, eps2: float, generator, with_log_pf: bool, tape):
+        """:meth:`_sample_states` in the native kernel: each step one call (network, update, recording and log P_F
+        for a chunk of rows per thread), the noise drawn step by step from ``generator`` as the PyTorch loop does."""
+        T, d = self.T, self.dim
+        S = torch.empty(T + 1, n, d, device=net.w_in.device)
+        S[0].zero_()
+        log_pf = S.new_empty(T, n) if with_log_pf else None
+        record = (tape.z, tape.h, tape.out) if tape is not None else (None, None, None)
+        rollout = native.PolicyRollout(
+            net.w_in, net.time_bias, [w for w, _ in net.hidden], [b for _, b in net.hidden], *net.out,
+            *self._head_args(), eps2, S, *record, log_pf,
+        )
+        if not self.langevin:
+            rollout.run(generator)
+            return S, None, [], log_pf
+        grads, log_rs = [], []
+        for i in range(T):
+            lr_i, gi = self.energy.log_reward_and_grad(S[i])
+            log_rs.append(lr_i)
+            grads.append(gi)
+            extra = g_all[i] * (gi.clamp(-self.lgv_clip, self.lgv_clip) if self.clipping else gi)
+            rollout.step(i, _noise(n, d, S[i], generator), extra.contiguous())
+        return S, torch.stack(grads), log_rs, log_pf
 
     def _rollout_reparam(self, n: int, t_emb, g, eps2: float, generator):
         """The PIS rollout: the states carry the gradient through the whole chain."""
@@ -385,11 +442,12 @@ class DiffusionGFN(nn.Module):
         return self._assemble(S, log_pf, self._log_pb(S), log_reward, log_r_states if need_lr_states else None)
 
 
-def _over_steps(net: StateTimeNet, s: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+def _over_steps(net: StateTimeNet, s: torch.Tensor, t_emb: torch.Tensor, kernels=None) -> torch.Tensor:
     """``net(s [T, B, d], t_emb [T, 1, H])``; for sampled states (no gradient of their own) with a gradient wanted
-    for the network, through its recorded pass and hand-written backward (:meth:`StateTimeNet.batched`)."""
+    for the network, through its recorded pass and hand-written backward (:meth:`StateTimeNet.batched`, native
+    when ``kernels`` are given)."""
     if torch.is_grad_enabled() and s.dim() == 3 and not s.requires_grad and t_emb.shape[0] == s.shape[0]:
-        return net.batched(s, t_emb)
+        return net.batched(s, t_emb, kernels)
     return net(s, t_emb)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -92,22 +94,41 @@ class StateTimeNet(nn.Module):
         layers = [self.state_net] + [m for m in self.joint if isinstance(m, nn.Linear)] + [self.out]
         return [p for m in layers for p in (m.weight, m.bias)]
 
-    def new_tape(self, T: int, B: int, like: torch.Tensor) -> RolloutTape:
+    def new_tape(self, T: int, B: int, like: torch.Tensor, kernels=None) -> RolloutTape:
+        """A recording of ``T`` steps of ``B`` rows (contents undefined); with native ``kernels`` its backward pass
+        runs there. Tapes are reused once nothing refers to them any more (the autograd graph that recorded into a
+        tape holds it until it is freed): writing a fresh 20–50 MB tape each step costs more in page faults than the
+        sampling loop's arithmetic."""
         n_act = sum(isinstance(m, nn.GELU) for m in self.joint)
-        return RolloutTape(n_act, T, B, self.out.in_features, self.out.out_features, like)
+        shape = (n_act, T, B, self.out.in_features, self.out.out_features, like.device, like.dtype)
+        pool = _TAPE_POOLS.setdefault(self, [])
+        for tape in pool:
+            # references: the pool's list, this loop's variable and getrefcount's argument — nobody else
+            if tape.shape == shape and sys.getrefcount(tape) <= 3:
+                tape.kernels = kernels
+                return tape
+        tape = RolloutTape(n_act, T, B, self.out.in_features, self.out.out_features, like, kernels)
+        if len(pool) < _TAPE_POOL_SIZE:
+            pool.append(tape)
+        return tape
 
-    def batched(self, s: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+    def batched(self, s: torch.Tensor, t_emb: torch.Tensor, kernels=None) -> torch.Tensor:
         """``forward(s [T, B, d], t_emb [T, 1, H])`` for states without a gradient, as one recorded no-grad pass and
         the hand-written backward of :class:`_TapedNet` (autograd's own backward computes the input layer's weight
         gradient in a ~6× slower orientation and keeps more intermediates)."""
         T, B = s.shape[0], s.shape[1]
-        tape = self.new_tape(T, B, s)
+        tape = self.new_tape(T, B, s, kernels)
         N, H = T * B, tape.z.shape[-1]
         with torch.no_grad():
             net = self.frozen(t_emb.reshape(T, -1))
-            torch.matmul(s, net.w_in, out=tape.z[0])  # the time bias differs per step: added over [T, B, H]
-            tape.z[0].add_(net.time_bias[:, None])
-            net.record_layers(tape.z.view(-1, N, H), tape.h.view(-1, N, H), tape.out.view(N, -1))
+            if kernels is not None:
+                w, b = zip(*net.hidden) if net.hidden else ((), ())
+                kernels.mlp_record(net.w_in, net.time_bias, list(w), list(b), *net.out, s.contiguous(), tape.z,
+                                   tape.h, tape.out)
+            else:
+                torch.matmul(s, net.w_in, out=tape.z[0])  # the time bias differs per step: added over [T, B, H]
+                tape.z[0].add_(net.time_bias[:, None])
+                net.record_layers(tape.z.view(-1, N, H), tape.h.view(-1, N, H), tape.out.view(N, -1))
         return self.taped(tape, s, t_emb)
 
     def taped(self, tape: RolloutTape, s: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
@@ -116,14 +137,21 @@ class StateTimeNet(nn.Module):
         return _TapedNet.apply(tape, s, t_emb.reshape(tape.T, -1), *self._linear_params())
 
 
+_TAPE_POOL_SIZE = 4  # tapes kept per network for reuse (each ~T·B·H·(2·layers + 1) floats)
+# network -> its reusable tapes; outside the module, so copies and pickles of a network do not carry recordings
+_TAPE_POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class RolloutTape:
     """Every layer's pre-activation and GELU output at every step of a sampling loop (``[n_act, T, B, H]`` each)
     and the raw network output ``[T, B, out]``: what the backward pass of the batched network needs, recorded
     while sampling so the states' policy outputs are never computed twice."""
 
-    def __init__(self, n_act: int, T: int, B: int, H: int, out_dim: int, like: torch.Tensor):
+    def __init__(self, n_act: int, T: int, B: int, H: int, out_dim: int, like: torch.Tensor, kernels=None):
         kw = {"device": like.device, "dtype": like.dtype}
         self.T, self.B = T, B
+        self.shape = (n_act, T, B, H, out_dim, like.device, like.dtype)
+        self.kernels = kernels  # native kernel module for the backward pass (sampler.gfn.native), or None
         self.z = torch.empty(n_act, T, B, H, **kw)
         self.h = torch.empty(n_act, T, B, H, **kw)
         self.out = torch.empty(T, B, out_dim, **kw)
@@ -155,6 +183,9 @@ class _TapedNet(torch.autograd.Function):
         N = T * B
         z, h = tape.z.reshape(-1, N, H), tape.h.reshape(-1, N, H)
         g = grad_out.reshape(N, -1)
+        if tape.kernels is not None:  # the same pass, tiled over rows in native code
+            *grads, d_t = tape.kernels.mlp_backward(g, z, h, s.reshape(N, -1), list(params[::2]), T)
+            return (None, None, d_t, *grads)
         grads = [None] * len(params)
         w_out = params[-2]
         grads[-2], grads[-1] = g.t().mm(h[-1]), g.sum(0)
