@@ -11,7 +11,14 @@ import math
 
 
 class ExplorationSchedule:
-    """ε(step) = 0: on-policy sampling (``exploration=none``)."""
+    """ε(step) = 0: on-policy sampling (``exploration=none``).
+
+    ``start`` and ``horizon`` are accepted and ignored, so that ``exploration=none`` also switches off the schedule
+    of a preset that configured them (``experiment=tb_expl_ls exploration=none``).
+    """
+
+    def __init__(self, start: float | None = None, horizon: int | None = None):
+        pass
 
     def __call__(self, step: int) -> float | None:
         return None

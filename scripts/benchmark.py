@@ -1,12 +1,15 @@
 """Benchmark training steps and evaluation: `python scripts/benchmark.py [--presets tb,tb_lp,...] [--energies gmm25]
 [--steps 20] [--warmup 5] [--batch-size 300] [--repeats 1] [--out bench.json]`.
 
-For each (preset, energy) it times full training steps through the LightningModule (the platform path) and the
-same step through the bare core loop (rollout → loss → backward → Adam, no Lightning), after warm-up, and one
-evaluation of ``eval.K`` samples (median of two after a first one that also computes the cached W2 floor,
-reported as ``first_eval_s``); medians over the timed steps. Prints a table and writes JSON:
-``{"machine": {...}, "records": [{"preset", "energy", "median_step_s", "median_core_step_s", "eval_s",
-"peak_rss_mb", ...}]}``. Performance is measured here, never in unit tests.
+For each (preset, energy) it times, after warm-up, full training steps three ways: the platform's
+``SamplerModule.train_step`` called directly (``median_step_s``), the same module trained by a real Lightning
+``Trainer.fit`` with the run's callback (metrics rows, no evaluation or checkpoint inside the timed window;
+``median_trainer_step_s``, loop iteration to loop iteration), and the bare core loop (rollout → loss → backward →
+Adam, no Lightning; ``median_core_step_s``); ``lightning_overhead`` is trainer / core − 1. Then one evaluation of
+``eval.K`` samples (median of two after a first one that also computes the cached W2 floor, reported as
+``first_eval_s``). Prints a table and writes JSON: ``{"machine": {...}, "records": [{"preset", "energy",
+"median_step_s", "median_trainer_step_s", "median_core_step_s", "eval_s", "peak_rss_mb", ...}]}``. Performance is
+measured here, never in unit tests.
 """
 
 from __future__ import annotations
@@ -105,6 +108,8 @@ def bench_one(preset: str, energy: str, steps: int, warmup: int, batch_size: int
         if i >= warmup:
             core.append(time.perf_counter() - t0)
 
+    trainer_times = _trainer_steps(module, cfg, warmup, steps)
+
     evals = []  # the first evaluation also draws the cached W2 floor (once per energy, K and seed)
     for _ in range(3):
         t0 = time.perf_counter()
@@ -120,12 +125,66 @@ def bench_one(preset: str, energy: str, steps: int, warmup: int, batch_size: int
         "median_step_s": statistics.median(times),
         "min_step_s": min(times),
         "median_core_step_s": statistics.median(core),
+        "median_trainer_step_s": statistics.median(trainer_times),
+        "lightning_overhead": statistics.median(trainer_times) / statistics.median(core) - 1.0,
         "eval_s": statistics.median(evals[1:]),
         "first_eval_s": evals[0],
         "eval_K": int(cfg.eval.K),
         "peak_rss_mb": _peak_rss_mb(),
         "device": device,
     }
+
+
+def _trainer_steps(module, cfg, warmup: int, steps: int) -> list[float]:
+    """Seconds per training step inside ``Trainer.fit`` (the run's settings and callback, as ``train`` builds them;
+    evaluation and checkpoints pushed past the timed window): the interval between consecutive batch ends."""
+    import tempfile
+    import warnings
+
+    import lightning as L
+    import torch
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+
+    from sampler.training.callbacks import RunCallback
+    from sampler.training.loggers import build_run_log
+    from sampler.training.metrics_csv import MetricsCSV
+    from sampler.training.run import _quiet_lightning, _Steps
+
+    _quiet_lightning()
+    stamps: list[float] = []
+
+    class Clock(L.Callback):
+        def on_train_batch_end(self, *args):
+            stamps.append(time.perf_counter())
+
+    n = warmup + steps + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)
+        runlog = build_run_log(cfg, run_dir, MetricsCSV(run_dir / "metrics.csv"), None)
+        never = 10**9
+        callback = RunCallback(run_dir, runlog, never, int(cfg.trainer.log_every_n_steps), never, 1, never, False)
+        trainer = L.Trainer(
+            max_steps=n,
+            max_epochs=-1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[callback, Clock()],
+            inference_mode=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            accelerator="cpu" if module.device.type == "cpu" else "gpu",
+            devices=1,
+            default_root_dir=tmp,
+            plugins=[LightningEnvironment()],
+        )
+        loader = torch.utils.data.DataLoader(_Steps(n), batch_size=None, shuffle=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(module, train_dataloaders=loader)
+        runlog.close(True)
+    return [b - a for a, b in zip(stamps[warmup:-1], stamps[warmup + 1 :], strict=True)]
 
 
 def main(argv: list[str]) -> int:
@@ -152,13 +211,17 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     records = []
-    print(f"{'preset':12s} {'energy':10s} {'step s':>8s} {'core s':>8s} {'eval s':>8s} {'RSS MB':>8s}")
+    print(
+        f"{'preset':12s} {'energy':10s} {'step s':>8s} {'trainer s':>9s} {'core s':>8s} {'overhead':>8s} "
+        f"{'eval s':>8s} {'RSS MB':>8s}"
+    )
     for energy in [e for e in args.energies.split(",") if e]:
         for preset in presets:
             r = bench_one(preset, energy, args.steps, args.warmup, args.batch_size, args.device)
             records.append(r)
             print(
-                f"{preset:12s} {energy:10s} {r['median_step_s']:8.4f} {r['median_core_step_s']:8.4f} "
+                f"{preset:12s} {energy:10s} {r['median_step_s']:8.4f} {r['median_trainer_step_s']:9.4f} "
+                f"{r['median_core_step_s']:8.4f} {100 * r['lightning_overhead']:+7.1f}% "
                 f"{r['eval_s']:8.2f} {r['peak_rss_mb']:8.0f}",
                 flush=True,
             )

@@ -55,3 +55,9 @@ def test_config_group_builds_each_schedule_with_half_the_run_as_horizon(name, cl
         assert schedule.horizon == 1500
         cfg = compose_cfg([f"exploration={name}", "trainer.max_steps=3000", "exploration.horizon=10"])
         assert instantiate(cfg.exploration).horizon == 10
+
+
+def test_none_switches_off_the_schedule_of_a_preset():
+    cfg = compose_cfg(["experiment=tb_expl_ls", "exploration=none"], run_dir=None)
+    assert cfg.exploration.start == 0.1  # the preset's value is still composed in, and ignored
+    assert instantiate(cfg.exploration)(0) is None

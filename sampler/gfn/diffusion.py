@@ -6,7 +6,10 @@ bridge of a σ²-Brownian motion pinned at 0, optionally with learned correction
 
 Hot-path design: the rollout loop holds only the policy call (without autograd) and the state update. Every
 log-density, flow and the policy evaluation that carries gradients is computed afterwards, batched over the
-stacked ``[T, B, d]`` states, with the time embedding of the whole grid computed once.
+stacked ``[T, B, d]`` states, with the time embedding of the whole grid computed once. On CPU (float32) the loop,
+the recorded network passes and their backward, log P_F and the Brownian bridge's log P_B run in native kernels
+(:mod:`sampler.gfn.native`, ``model.native``); the PyTorch code here is the reference they are tested against and
+the path on GPUs.
 """
 
 from __future__ import annotations
@@ -445,9 +448,12 @@ class DiffusionGFN(nn.Module):
 def _over_steps(net: StateTimeNet, s: torch.Tensor, t_emb: torch.Tensor, kernels=None) -> torch.Tensor:
     """``net(s [T, B, d], t_emb [T, 1, H])``; for sampled states (no gradient of their own) with a gradient wanted
     for the network, through its recorded pass and hand-written backward (:meth:`StateTimeNet.batched`, native
-    when ``kernels`` are given)."""
-    if torch.is_grad_enabled() and s.dim() == 3 and not s.requires_grad and t_emb.shape[0] == s.shape[0]:
+    when ``kernels`` are given); without one, in the native kernels when given."""
+    batched = s.dim() == 3 and not s.requires_grad and t_emb.shape[0] == s.shape[0]
+    if batched and torch.is_grad_enabled():
         return net.batched(s, t_emb, kernels)
+    if batched and kernels is not None and not t_emb.requires_grad:
+        return net.native_forward(s, t_emb, kernels)
     return net(s, t_emb)
 
 

@@ -79,6 +79,16 @@ class StateTimeNet(nn.Module):
         """``s [..., B, d]``, ``t_emb`` broadcastable to ``[..., B, H]`` → ``[..., B, out]``."""
         return self.out(self.joint(self.state_net(s) + t_emb))
 
+    def native_forward(self, s: torch.Tensor, t_emb: torch.Tensor, kernels) -> torch.Tensor:
+        """``forward(s [T, B, d], t_emb [T, 1, H])`` without autograd, in the native kernels (rows split over
+        threads): the evaluation's batched passes over sampled states."""
+        T, B = s.shape[0], s.shape[1]
+        net = self.frozen(t_emb.reshape(T, -1))
+        w, b = zip(*net.hidden) if net.hidden else ((), ())
+        out = s.new_empty(T, B, self.out.out_features)
+        kernels.mlp_record(net.w_in, net.time_bias, list(w), list(b), *net.out, s.contiguous(), None, None, out)
+        return out
+
     def frozen(self, t_emb: torch.Tensor) -> FrozenNet:
         """The network at fixed weights for a sampling loop without autograd (see :class:`FrozenNet`)."""
         hidden = [(m.weight.detach().t(), m.bias.detach()) for m in self.joint if isinstance(m, nn.Linear)]

@@ -41,7 +41,7 @@ def run_evaluation(
     was_training = gfn.training
     gfn.eval()
     try:
-        with torch.enable_grad() if getattr(gfn, "langevin", False) else torch.no_grad():
+        with torch.no_grad():  # ∇log r (Langevin) is taken inside log_reward_and_grad, which enables grad itself
             metrics, samples = evaluate(gfn, energy, K=K, generator=gen, seed=module.seed)
     finally:
         gfn.train(was_training)

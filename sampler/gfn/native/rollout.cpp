@@ -309,8 +309,9 @@ struct FrozenMLP {
   }
 };
 
-// Pointers to layer k's rows [r0, r0 + m) of step i in a recording [n_act, T, B, H], or to a thread's scratch
-// (one z and one h buffer shared by all layers, and the output) when nothing is recorded.
+// Pointers to layer k's rows [r0, r0 + m) of step i in a recording z, h [n_act, T, B, H] and out [T, B, out], or
+// to a thread's scratch (one z and one h buffer shared by all layers; and the output, when `tout` is None too)
+// where nothing is recorded.
 struct LayerRows {
   std::vector<float*> z, h;
   float* out;
@@ -323,7 +324,6 @@ struct LayerRows {
         z.push_back(tz->data_ptr<float>() + ((k * T + i) * B + r0) * H);
         h.push_back(th->data_ptr<float>() + ((k * T + i) * B + r0) * H);
       }
-      out = tout->data_ptr<float>() + (i * B + r0) * net.out_dim;
     } else {
       thread_local std::vector<float> scratch;  // per thread, reused across calls
       const size_t need = static_cast<size_t>(m * (2 * H + net.out_dim));
@@ -332,23 +332,25 @@ struct LayerRows {
       h.assign(L, scratch.data() + m * H);
       out = scratch.data() + 2 * m * H;
     }
+    if (tout.has_value()) out = tout->data_ptr<float>() + (i * B + r0) * net.out_dim;
   }
 };
 
 void check_recording(const std::optional<Tensor>& tz, const std::optional<Tensor>& th,
                      const std::optional<Tensor>& tout) {
+  if (tout.has_value()) check_f32_contiguous(*tout, "tape.out");
   if (!tz.has_value()) return;
   TORCH_CHECK(th.has_value() && tout.has_value(), "a recording needs z, h and out");
   check_f32_contiguous(*tz, "tape.z");
   check_f32_contiguous(*th, "tape.h");
-  check_f32_contiguous(*tout, "tape.out");
 }
 
-// The network at states x [T, B, d] with step i's time bias for x[i], recorded into z, h [n_act, T, B, H] and
-// out [T, B, out] (StateTimeNet.batched's no-grad pass): (step, row chunk) pairs split over the threads.
+// The network's output out [T, B, out] at states x [T, B, d], step i's time bias for x[i]; with z, h
+// [n_act, T, B, H] every layer is recorded too (StateTimeNet.batched's no-grad pass). (Step, row chunk) pairs are
+// split over the threads.
 void mlp_record(const Tensor& w_in, const Tensor& time_bias, const std::vector<Tensor>& hidden_w,
                 const std::vector<Tensor>& hidden_b, const Tensor& w_out, const Tensor& b_out, const Tensor& x,
-                const Tensor& z, const Tensor& h, const Tensor& out) {
+                const std::optional<Tensor>& z, const std::optional<Tensor>& h, const Tensor& out) {
   const FrozenMLP net(w_in, time_bias, hidden_w, hidden_b, w_out, b_out);
   check_f32_contiguous(x, "states");
   check_recording(z, h, out);
