@@ -4,8 +4,9 @@
 For each (preset, energy) it times, after warm-up, full training steps three ways: the platform's
 ``SamplerModule.train_step`` called directly (``median_step_s``), the same module trained by a real Lightning
 ``Trainer.fit`` with the run's callback (metrics rows, no evaluation or checkpoint inside the timed window;
-``median_trainer_step_s``, loop iteration to loop iteration), and the bare core loop (rollout → loss → backward →
-Adam, no Lightning; ``median_core_step_s``); ``lightning_overhead`` is trainer / core − 1. Then one evaluation of
+``median_trainer_step_s``), and the bare core loop (rollout → loss → backward → the same Adam, no Lightning;
+``median_core_step_s``), the two alternating step by step; ``lightning_overhead`` is the median of the paired
+differences (trainer step − the bare step right after it) over the median bare step. Then one evaluation of
 ``eval.K`` samples (median of two after a first one that also computes the cached W2 floor, reported as
 ``first_eval_s``). Prints a table and writes JSON: ``{"machine": {...}, "records": [{"preset", "energy",
 "median_step_s", "median_trainer_step_s", "median_core_step_s", "eval_s", "peak_rss_mb", ...}]}``. Performance is
@@ -87,14 +88,16 @@ def bench_one(preset: str, energy: str, steps: int, warmup: int, batch_size: int
         if i >= warmup:
             times.append(time.perf_counter() - t0)
 
-    # the bare core loop: what a user writes without the platform (README's core example)
+    # the bare core loop: what a user writes without the platform (README's core example), one step at a time
     from sampler.losses import get_loss
 
     gfn, loss_fn = module.gfn, get_loss(module.forward_loss_name, cfg.loss.lam)
-    core_opt = torch.optim.Adam(gfn.parameters(), lr=1e-3)
+    core_opt = module.configure_optimizers()  # the same Adam (groups, learning rates): the loop is what differs
+    while isinstance(core_opt, (list, tuple)):
+        core_opt = core_opt[0]
     gen = torch.Generator(device=device).manual_seed(0)
-    core = []
-    for i in range(warmup + steps):
+
+    def core_step() -> float:
         t0 = time.perf_counter()
         if module.forward_loss_name == "mle":
             traj = gfn.rollout_backward(module.energy.sample(batch_size, generator=gen), generator=gen)
@@ -105,10 +108,10 @@ def bench_one(preset: str, energy: str, steps: int, warmup: int, batch_size: int
         loss.backward()
         core_opt.step()
         sync()
-        if i >= warmup:
-            core.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
 
-    trainer_times = _trainer_steps(module, cfg, warmup, steps)
+    # Trainer steps and core steps alternate, so that both see the same state of a drifting machine
+    trainer_times, core = _trainer_steps(module, cfg, warmup, steps, core_step)
 
     evals = []  # the first evaluation also draws the cached W2 floor (once per energy, K and seed)
     for _ in range(3):
@@ -126,7 +129,9 @@ def bench_one(preset: str, energy: str, steps: int, warmup: int, batch_size: int
         "min_step_s": min(times),
         "median_core_step_s": statistics.median(core),
         "median_trainer_step_s": statistics.median(trainer_times),
-        "lightning_overhead": statistics.median(trainer_times) / statistics.median(core) - 1.0,
+        # paired: each trainer step against the bare-loop step that ran right after it (drift cancels)
+        "lightning_overhead": statistics.median([a - b for a, b in zip(trainer_times, core, strict=True)])
+        / statistics.median(core),
         "eval_s": statistics.median(evals[1:]),
         "first_eval_s": evals[0],
         "eval_K": int(cfg.eval.K),
@@ -135,9 +140,11 @@ def bench_one(preset: str, energy: str, steps: int, warmup: int, batch_size: int
     }
 
 
-def _trainer_steps(module, cfg, warmup: int, steps: int) -> list[float]:
+def _trainer_steps(module, cfg, warmup: int, steps: int, between) -> tuple[list[float], list[float]]:
     """Seconds per training step inside ``Trainer.fit`` (the run's settings and callback, as ``train`` builds them;
-    evaluation and checkpoints pushed past the timed window): the interval between consecutive batch ends."""
+    evaluation and checkpoints pushed past the timed window), with ``between()`` — one bare-loop step, returning its
+    own duration — run after every trainer step: (trainer step times, ``between`` times). A trainer step is the
+    interval from the end of the previous ``between`` to the end of the next batch."""
     import tempfile
     import warnings
 
@@ -151,13 +158,21 @@ def _trainer_steps(module, cfg, warmup: int, steps: int) -> list[float]:
     from sampler.training.run import _quiet_lightning, _Steps
 
     _quiet_lightning()
-    stamps: list[float] = []
+    trainer_times: list[float] = []
+    between_times: list[float] = []
+    last = [0.0]
 
     class Clock(L.Callback):
-        def on_train_batch_end(self, *args):
-            stamps.append(time.perf_counter())
+        def on_train_batch_end(self, trainer, *args):
+            now = time.perf_counter()
+            if trainer.global_step > warmup:
+                trainer_times.append(now - last[0])
+                between_times.append(between())
+            elif trainer.global_step == warmup:
+                between()  # warm the bare loop too
+            last[0] = time.perf_counter()
 
-    n = warmup + steps + 1
+    n = warmup + steps
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         runlog = build_run_log(cfg, run_dir, MetricsCSV(run_dir / "metrics.csv"), None)
@@ -184,7 +199,7 @@ def _trainer_steps(module, cfg, warmup: int, steps: int) -> list[float]:
             warnings.simplefilter("ignore")
             trainer.fit(module, train_dataloaders=loader)
         runlog.close(True)
-    return [b - a for a, b in zip(stamps[warmup:-1], stamps[warmup + 1 :], strict=True)]
+    return trainer_times, between_times
 
 
 def main(argv: list[str]) -> int:

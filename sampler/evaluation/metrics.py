@@ -116,19 +116,30 @@ def mmd_rbf(
     """
     xs = x.detach().cpu().double()
     ys = y.detach().cpu().double()
-    h = float(torch.pdist(torch.cat([xs, ys])).median())
+    d_xx = torch.cdist(xs, xs).pow_(2)
+    d_yy = torch.cdist(ys, ys).pow_(2)
+    d_xy = torch.cdist(xs, ys).pow_(2)
+    # h from the same squared distances (the pairs i < j of the pooled sample; the lower median, as torch's):
+    # the square root is monotone, so this is the median distance without a second, pdist pass
+    iu_x = torch.triu_indices(len(xs), len(xs), offset=1)
+    iu_y = torch.triu_indices(len(ys), len(ys), offset=1)
+    pooled = torch.cat([d_xx[iu_x[0], iu_x[1]], d_yy[iu_y[0], iu_y[1]], d_xy.reshape(-1)])
+    h = math.sqrt(max(float(pooled.median()), 0.0))
+    del pooled
     if not h > 0:  # all points identical (or NaN): any bandwidth gives the same answer
         h = 1.0
-    d_xx = torch.cdist(xs, xs).pow(2)
-    d_yy = torch.cdist(ys, ys).pow(2)
-    d_xy = torch.cdist(xs, ys).pow(2)
     # exponents clamped at −700 (e^−700 ≈ 1e−304, nothing next to a kernel mean ≥ 1/N): torch's CPU exp is ~4×
-    # slower on arguments that underflow, and at small bandwidths most pairs do
+    # slower on arguments that underflow, and at small bandwidths most pairs do. One scratch buffer per matrix
+    # shape: a fresh 32 MB tensor per operation costs more in page faults than the arithmetic.
+    buffers = {}
     mmd2 = 0.0
     for f in bandwidth_factors:
         gamma = 1.0 / (2.0 * (f * h) ** 2)
-        k_xx, k_yy, k_xy = (torch.mul(dd, -gamma).clamp_(min=-700.0).exp_().mean() for dd in (d_xx, d_yy, d_xy))
-        mmd2 += float(k_xx + k_yy - 2 * k_xy)
+        k = []
+        for dd in (d_xx, d_yy, d_xy):
+            buf = buffers.setdefault(dd.shape, torch.empty_like(dd))
+            k.append(torch.mul(dd, -gamma, out=buf).clamp_(min=-700.0).exp_().mean())
+        mmd2 += float(k[0] + k[1] - 2 * k[2])
     return math.sqrt(max(mmd2 / len(bandwidth_factors), 0.0))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from sampler.evaluation import evaluate, plot_samples
 from sampler.training.checkpointing import save_atomic
@@ -100,3 +101,15 @@ class RunCallback(L.Callback):
 def _summary(m: dict) -> str:
     keys = ("dlogZ", "dlogZ_rw", "log_Z_rw", "ess", "w2", "mode_coverage")
     return "  ".join(f"{k}={m[k]:.4g}" for k in keys if k in m)
+
+
+class LossProgressBar(TQDMProgressBar):
+    """Lightning's progress bar with the latest training loss, read from the module's step statistics (instead of
+    ``LightningModule.log``, whose bookkeeping costs ~2.5 ms a call — several per cent of a CPU step)."""
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        loss = pl_module.stats.get("loss") if isinstance(getattr(pl_module, "stats", None), dict) else None
+        if loss is not None:
+            items["loss"] = f"{float(loss):.4g}"
+        return items

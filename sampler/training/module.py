@@ -89,6 +89,10 @@ class SamplerModule(L.LightningModule):
         self.backward_loss = get_loss(self.backward_loss_name, cfg.loss.lam)
         self.reparam = LOSSES[self.forward_loss_name].reparam
         self.seed = int(cfg.seed)
+        # read once: an OmegaConf lookup costs tens of µs, and these sit on the per-step path
+        self.batch_size = int(cfg.train.batch_size)
+        self.grad_clip = None if cfg.train.grad_clip is None else float(cfg.train.grad_clip)
+        self.warm_start_log_Z = cfg.model.get("log_Z_init") == "auto"
         self.generator: torch.Generator | None = None
         self._pending_generator_state: torch.Tensor | None = None
         self.stats: dict[str, torch.Tensor | float | str] = {}
@@ -101,6 +105,16 @@ class SamplerModule(L.LightningModule):
                 f"train.backward_source=exact needs exact samples, but {type(self.energy).__name__} has no sample(); "
                 "use train.backward_source=buffer or local_search, or train.phases=forward"
             )
+
+    # Lightning sets _current_fx_name on every hook call (~30 times a step) and train_step replaces stats every step:
+    # plain values, so they skip nn.Module.__setattr__'s parameter/buffer/sub-module bookkeeping.
+    _PLAIN_ATTRS = frozenset({"_current_fx_name", "stats"})
+
+    def __setattr__(self, name, value):
+        if name in SamplerModule._PLAIN_ATTRS:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     # ----------------------------------------------------------------------------------------------- random state
     def _ensure_generator(self) -> torch.Generator:
@@ -171,7 +185,7 @@ class SamplerModule(L.LightningModule):
     def trajectories(self, phase: str, step: int) -> Trajectories:
         """A training batch for ``phase`` (``forward``: explored rollouts; ``backward``: bridges from targets)."""
         gen = self._ensure_generator()
-        B = int(self.cfg.train.batch_size)
+        B = self.batch_size
         if phase == "forward":
             eps = self.exploration(step)
             return self.gfn.rollout_forward(B, exploration_std=eps, generator=gen, reparam=self.reparam)
@@ -185,7 +199,7 @@ class SamplerModule(L.LightningModule):
         batch instead of 0 — on many-well (log Z ≈ 165) an lr-0.1 log Z from 0 is still far off after 1000 steps."""
         if self.gfn.log_Z is None:
             return
-        log_w = self.gfn.rollout_forward(int(self.cfg.train.batch_size), generator=gen).log_weight().double()
+        log_w = self.gfn.rollout_forward(self.batch_size, generator=gen).log_weight().double()
         estimate = log_mean_exp(log_w)
         if torch.isfinite(estimate):
             self.gfn.log_Z.fill_(float(estimate))
@@ -215,8 +229,7 @@ class SamplerModule(L.LightningModule):
         scheds = self.lr_schedulers()
         for sched in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
             sched.step()
-        self.log("loss", loss, prog_bar=True, on_step=True, logger=False)
-        return loss
+        return loss  # the progress bar shows self.stats["loss"] (callbacks.LossProgressBar)
 
     def train_step(self, step: int, opt, teacher_opt=None) -> torch.Tensor:
         """One optimisation step at ``step`` (phase → trajectories → loss → update), with the given optimisers.
@@ -230,11 +243,11 @@ class SamplerModule(L.LightningModule):
             threshold = self.offpolicy.ensure_threshold(self.gfn, gen)
             if kind == "teacher":
                 x, key = self.teaching.propose(
-                    self.teacher_gfn, self.gfn, int(self.cfg.train.batch_size), threshold, gen
+                    self.teacher_gfn, self.gfn, self.batch_size, threshold, gen
                 )
                 if len(x):
                     self.offpolicy.buffer.add(x, key)
-        if step == 0 and self.cfg.model.get("log_Z_init") == "auto":
+        if step == 0 and self.warm_start_log_Z:
             self._warm_start_log_Z(gen)
         traj = self.trajectories(phase, step)
         n_bad = int((~torch.isfinite(traj.log_reward)).sum())
@@ -253,8 +266,8 @@ class SamplerModule(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         self._backward(loss)
         grad_norm = None
-        if self.cfg.train.grad_clip is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.gfn.parameters(), self.cfg.train.grad_clip)
+        if self.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.gfn.parameters(), self.grad_clip)
         opt.step()
         if phase == "forward":
             with torch.no_grad():

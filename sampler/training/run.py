@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from sampler.energies.base import NonFiniteRewardError
 from sampler.evaluation import plot_metric_curves
-from sampler.training.callbacks import RunCallback, run_evaluation, samples_plot
+from sampler.training.callbacks import LossProgressBar, RunCallback, run_evaluation, samples_plot
 from sampler.training.checkpointing import CheckpointError, find_resume_checkpoint, has_checkpoint
 from sampler.training.config_check import ConfigError, check_config
 from sampler.training.loggers import build_run_log
@@ -152,12 +152,13 @@ def _fit_and_evaluate(cfg: DictConfig, run_dir: Path, module: SamplerModule, run
         for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
         if k not in ("log_every_n_steps", "max_steps")
     }
+    progress = [LossProgressBar()] if trainer_kw.get("enable_progress_bar", True) else []
     trainer = L.Trainer(
         max_steps=steps,
         max_epochs=-1,
         logger=False,
         enable_checkpointing=False,
-        callbacks=[callback],
+        callbacks=[callback, *progress],
         inference_mode=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
