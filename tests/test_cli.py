@@ -218,5 +218,6 @@ def test_benchmark_script_writes_the_json_schema(tmp_path):
     assert [(r["preset"], r["energy"]) for r in result["records"]] == [("tb", "gmm25"), ("mle", "gmm25")]
     for r in result["records"]:
         assert r["median_step_s"] > 0 and r["median_core_step_s"] > 0 and r["eval_s"] > 0 and r["peak_rss_mb"] > 0
+        assert r["median_trainer_step_s"] > 0 and isinstance(r["lightning_overhead"], float)  # same algorithm: tb, mle
     bad = run_script("scripts/benchmark.py", "--presets", "nope", check=False)
     assert bad.returncode == 2 and "unknown preset nope" in bad.stderr

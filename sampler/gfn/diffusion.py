@@ -147,12 +147,14 @@ class DiffusionGFN(nn.Module):
         d = self.dim
         mean = out[..., :d]
         if self.langevin:
-            if self.clipping:
-                grad = grad.clamp(-self.lgv_clip, self.lgv_clip)
-            mean = mean + g * grad
+            mean = mean + self._langevin_term(g, grad)
         # tanh of the contiguous copy: on the strided half it is ~5× slower than the copy costs
         log_var = self.log_var_range * torch.tanh(out[..., d:].contiguous()) if self.learned_variance else 0.0
         return _PolicyOut(mean, log_var)
+
+    def _langevin_term(self, g: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The Langevin parametrisation's drift term g(t)·clip(∇log r)."""
+        return g * (grad.clamp(-self.lgv_clip, self.lgv_clip) if self.clipping else grad)
 
     def _pf_var(self, log_var) -> torch.Tensor | float:
         var = self.dt * self.t_scale
@@ -226,9 +228,7 @@ class DiffusionGFN(nn.Module):
         raw = self.policy.taped(tape, s, t_emb[:T]) if tape is not None else self._policy_raw(s, t_emb[:T, None])
         native = self._kernels(states) if not states.requires_grad else None
         if native is not None:  # the head and the Gaussian density fused, forward and backward
-            extra = None
-            if self.langevin:
-                extra = g_T * (grads.clamp(-self.lgv_clip, self.lgv_clip) if self.clipping else grads)
+            extra = self._langevin_term(g_T, grads) if self.langevin else None
             return kernels.PFHeadLogProb.apply(native, self._head_args(), raw, s, s_next, extra)
         out = self._policy_head(raw, g_T, grads)
         return gaussian_log_prob(s_next, s + self.dt * out.mean, self._pf_var(out.log_var))
@@ -331,9 +331,7 @@ class DiffusionGFN(nn.Module):
                 lr_i, gi = self.energy.log_reward_and_grad(s)
                 log_rs.append(lr_i)
                 grads.append(gi)
-                if self.clipping:
-                    gi = gi.clamp(-self.lgv_clip, self.lgv_clip)
-                mean = torch.addcmul(mean, g_all[i], gi)
+                mean = mean + self._langevin_term(g_all[i], gi)
             step = torch.add(s, mean, alpha=dt)
             if with_log_pf:
                 means.append(step)
@@ -359,10 +357,7 @@ class DiffusionGFN(nn.Module):
         S[0].zero_()
         log_pf = S.new_empty(T, n) if with_log_pf else None
         record = (tape.z, tape.h, tape.out) if tape is not None else (None, None, None)
-        rollout = native.PolicyRollout(
-            net.w_in, net.time_bias, [w for w, _ in net.hidden], [b for _, b in net.hidden], *net.out,
-            *self._head_args(), eps2, S, *record, log_pf,
-        )
+        rollout = native.PolicyRollout(*net.native_args(), *self._head_args(), eps2, S, *record, log_pf)
         if not self.langevin:
             rollout.run(generator)
             return S, None, [], log_pf
@@ -371,8 +366,7 @@ class DiffusionGFN(nn.Module):
             lr_i, gi = self.energy.log_reward_and_grad(S[i])
             log_rs.append(lr_i)
             grads.append(gi)
-            extra = g_all[i] * (gi.clamp(-self.lgv_clip, self.lgv_clip) if self.clipping else gi)
-            rollout.step(i, _noise(n, d, S[i], generator), extra.contiguous())
+            rollout.step(i, _noise(n, d, S[i], generator), self._langevin_term(g_all[i], gi).contiguous())
         return S, torch.stack(grads), log_rs, log_pf
 
     def _rollout_reparam(self, n: int, t_emb, g, eps2: float, generator):

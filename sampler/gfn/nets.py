@@ -83,10 +83,8 @@ class StateTimeNet(nn.Module):
         """``forward(s [T, B, d], t_emb [T, 1, H])`` without autograd, in the native kernels (rows split over
         threads): the evaluation's batched passes over sampled states."""
         T, B = s.shape[0], s.shape[1]
-        net = self.frozen(t_emb.reshape(T, -1))
-        w, b = zip(*net.hidden) if net.hidden else ((), ())
         out = s.new_empty(T, B, self.out.out_features)
-        kernels.mlp_record(net.w_in, net.time_bias, list(w), list(b), *net.out, s.contiguous(), None, None, out)
+        kernels.mlp_record(*self.frozen(t_emb.reshape(T, -1)).native_args(), s.contiguous(), None, None, out)
         return out
 
     def frozen(self, t_emb: torch.Tensor) -> FrozenNet:
@@ -132,9 +130,7 @@ class StateTimeNet(nn.Module):
         with torch.no_grad():
             net = self.frozen(t_emb.reshape(T, -1))
             if kernels is not None:
-                w, b = zip(*net.hidden) if net.hidden else ((), ())
-                kernels.mlp_record(net.w_in, net.time_bias, list(w), list(b), *net.out, s.contiguous(), tape.z,
-                                   tape.h, tape.out)
+                kernels.mlp_record(*net.native_args(), s.contiguous(), tape.z, tape.h, tape.out)
             else:
                 torch.matmul(s, net.w_in, out=tape.z[0])  # the time bias differs per step: added over [T, B, H]
                 tape.z[0].add_(net.time_bias[:, None])
@@ -231,6 +227,10 @@ class FrozenNet:
         for w, b in self.hidden:
             h = F.gelu(torch.addmm(b, h, w))
         return torch.addmm(self.out[1], h, self.out[0])
+
+    def native_args(self) -> tuple:
+        """(w_in, time_bias, hidden weights, hidden biases, w_out, b_out): the network as the native kernels take it."""
+        return (self.w_in, self.time_bias, [w for w, _ in self.hidden], [b for _, b in self.hidden], *self.out)
 
     def record_layers(self, z, h, out: torch.Tensor) -> torch.Tensor:
         """From the first pre-activation ``z[0]`` (already written), every GELU output ``h[k]``, hidden
