@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import sampler.training  # noqa: F401  (registers the config resolvers)
+from sampler.losses import subtrajectory_balance, trajectory_balance
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -51,3 +52,18 @@ def tiny_cfg(tmp_path):
         return compose_cfg(TINY + list(overrides), run_dir or tmp_path / "run")
 
     return make
+
+
+def weighted_rollout_loss(gfn, direction: str, x: torch.Tensor, seed: int):
+    """A rollout (explored forward, or backward from ``x``) and a loss that reaches every log-density and the
+    objective: Σ_b w_b·(Σ log P_F + Σ log P_B) with uneven weights w, plus TB (or SubTB when there are flows)."""
+    n = x.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    if direction == "forward":
+        traj = gfn.rollout_forward(n, exploration_std=0.2, generator=gen)
+    else:
+        traj = gfn.rollout_backward(x, generator=gen)
+    weights = torch.linspace(-1, 2, n)
+    loss = (traj.log_pf.sum(1) * weights).sum() + (traj.log_pb.sum(1) * weights).sum()
+    objective = subtrajectory_balance(traj) if traj.log_flow is not None else trajectory_balance(traj)
+    return traj, loss + objective.sum()

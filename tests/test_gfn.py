@@ -10,11 +10,12 @@ import math
 
 import pytest
 import torch
+from conftest import weighted_rollout_loss
 
 from sampler.energies.gaussian import DiagonalGaussian
 from sampler.evaluation import evaluate
 from sampler.gfn import DiffusionGFN
-from sampler.losses import subtrajectory_balance, trajectory_balance
+from sampler.losses import trajectory_balance
 
 LOG_Z = 1.3  # the Gaussian target's log-normaliser; not 0, so that a missing log Z shows
 T = 10
@@ -319,16 +320,7 @@ def test_networks_differentiated_from_recorded_passes_equal_autograd(options, di
             monkeypatch.setattr(gfn.policy, "new_tape", lambda *args: None)
             monkeypatch.setattr(diffusion, "_over_steps", lambda net, s, t_emb, *_: net(s, t_emb))
         gfn.zero_grad()
-        gen = torch.Generator().manual_seed(5)
-        if direction == "forward":
-            traj = gfn.rollout_forward(40, exploration_std=0.2, generator=gen)
-        else:
-            traj = gfn.rollout_backward(x, generator=gen)
-        weights = torch.linspace(-1, 2, 40)
-        loss = (traj.log_pf.sum(1) * weights).sum() + (traj.log_pb.sum(1) * weights).sum()
-        loss = loss + (
-            subtrajectory_balance(traj).sum() if traj.log_flow is not None else trajectory_balance(traj).sum()
-        )
+        traj, loss = weighted_rollout_loss(gfn, direction, x, seed=5)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in gfn.named_parameters() if p.grad is not None}
         results.append((traj.log_pf.detach(), grads))

@@ -13,10 +13,11 @@ import logging
 
 import pytest
 import torch
+from conftest import weighted_rollout_loss
 
 from sampler.energies import GMM9, ManyWell
 from sampler.gfn import DiffusionGFN, native, nets
-from sampler.losses import subtrajectory_balance, trajectory_balance
+from sampler.losses import trajectory_balance
 from sampler.training.config_check import ConfigError
 from sampler.training.module import build_gfn
 
@@ -45,7 +46,9 @@ def _pair(energy, T: int = 12, hidden_dim: int = 16, **options) -> tuple[Diffusi
     gfns = []
     for mode in ("true", "false"):
         torch.manual_seed(3)
-        gfns.append(DiffusionGFN(energy, T=T, t_scale=2.0, hidden_dim=hidden_dim, zero_init=False, native=mode, **options))
+        gfns.append(
+            DiffusionGFN(energy, T=T, t_scale=2.0, hidden_dim=hidden_dim, zero_init=False, native=mode, **options)
+        )
     return gfns[0], gfns[1]
 
 
@@ -84,16 +87,11 @@ def test_native_losses_and_gradients_equal_pytorch(variant, direction):
     x = energy.sample(30, generator=torch.Generator().manual_seed(4))
     results = []
     for gfn in (fast, ref):
-        gen = torch.Generator().manual_seed(6)
-        if direction == "forward":
-            traj = gfn.rollout_forward(30, exploration_std=0.2, generator=gen)
-        else:
-            traj = gfn.rollout_backward(x, generator=gen)
-        weights = torch.linspace(-1, 2, 30)
-        loss = (traj.log_pf.sum(1) * weights).sum() + (traj.log_pb.sum(1) * weights).sum()
-        loss = loss + (subtrajectory_balance(traj) if traj.log_flow is not None else trajectory_balance(traj)).sum()
+        traj, loss = weighted_rollout_loss(gfn, direction, x, seed=6)
         loss.backward()
-        results.append((traj.log_pf.detach(), {n: p.grad.clone() for n, p in gfn.named_parameters() if p.grad is not None}))
+        results.append(
+            (traj.log_pf.detach(), {n: p.grad.clone() for n, p in gfn.named_parameters() if p.grad is not None})
+        )
     (lp_a, g_a), (lp_b, g_b) = results
     torch.testing.assert_close(lp_a, lp_b, rtol=1e-4, atol=1e-3)
     assert g_a.keys() == g_b.keys()

@@ -235,7 +235,14 @@ class DiffusionGFN(nn.Module):
 
     def _head_args(self) -> tuple:
         """The forward head's constants as the native kernels take them."""
-        return (self.dt, self.dt * self.t_scale, self.log_var_range, self.learned_variance, self.clipping, self.out_clip)
+        return (
+            self.dt,
+            self.dt * self.t_scale,
+            self.log_var_range,
+            self.learned_variance,
+            self.clipping,
+            self.out_clip,
+        )
 
     def _assemble(self, states: torch.Tensor, log_pf, log_pb, log_reward, log_r_states) -> Trajectories:
         log_flow, log_Z = None, None

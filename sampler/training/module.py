@@ -242,9 +242,7 @@ class SamplerModule(L.LightningModule):
         if self.teaching is not None:
             threshold = self.offpolicy.ensure_threshold(self.gfn, gen)
             if kind == "teacher":
-                x, key = self.teaching.propose(
-                    self.teacher_gfn, self.gfn, self.batch_size, threshold, gen
-                )
+                x, key = self.teaching.propose(self.teacher_gfn, self.gfn, self.batch_size, threshold, gen)
                 if len(x):
                     self.offpolicy.buffer.add(x, key)
         if step == 0 and self.warm_start_log_Z:

@@ -47,28 +47,25 @@ Tensor wrap(const float* p, int64_t rows, int64_t cols) {
   return at::from_blob(const_cast<float*>(p), {rows, cols}, at::TensorOptions().dtype(at::kFloat));
 }
 
-void gemm_nn(const float* A, const float* B, float* C, int64_t m, int64_t k, int64_t n, float beta) {
-  if (m == 0) return;
-  if (sgemm_t sgemm = find_sgemm()) {
-    const int M = m, N = n, K = k;
+void gemm(bool trans_a, const float* A, const float* B, float* C, int64_t m, int64_t k, int64_t n, float beta) {
+  if (m == 0 || k == 0) return;
+  if (sgemm_t sgemm = find_sgemm()) {  // column-major: Cᵀ = Bᵀ·Aᵀ
+    const int M = m, N = n, K = k, lda = trans_a ? m : k;
     const float one = 1.0f;
-    sgemm("N", "N", &N, &M, &K, &one, B, &N, A, &K, &beta, C, &N);
+    sgemm("N", trans_a ? "T" : "N", &N, &M, &K, &one, B, &N, A, &lda, &beta, C, &N);
     return;
   }
   Tensor c = wrap(C, m, n);
-  at::addmm_out(c, c, wrap(A, m, k), wrap(B, k, n), beta, 1.0f);
+  Tensor a = trans_a ? wrap(A, k, m).t() : wrap(A, m, k);
+  at::addmm_out(c, c, a, wrap(B, k, n), beta, 1.0f);
+}
+
+void gemm_nn(const float* A, const float* B, float* C, int64_t m, int64_t k, int64_t n, float beta) {
+  gemm(false, A, B, C, m, k, n, beta);
 }
 
 void gemm_tn(const float* A, const float* B, float* C, int64_t r, int64_t m, int64_t n, float beta) {
-  if (r == 0) return;
-  if (sgemm_t sgemm = find_sgemm()) {
-    const int M = m, N = n, R = r;
-    const float one = 1.0f;
-    sgemm("N", "T", &N, &M, &R, &one, B, &N, A, &M, &beta, C, &N);
-    return;
-  }
-  Tensor c = wrap(C, m, n);
-  at::addmm_out(c, c, wrap(A, r, m).t(), wrap(B, r, n), beta, 1.0f);
+  gemm(true, A, B, C, m, r, n, beta);
 }
 
 // y[m, N] = x[m, K]·w[K, N] (+ y when accumulate) with K ≤ 8: each input broadcast over the output row.
