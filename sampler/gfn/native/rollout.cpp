@@ -230,6 +230,13 @@ struct Head {
     for (; j < d; ++j) f(j, 0.0f);
   }
 
+  // Drift μ_j = clip(o_μ,j), plus the Langevin term extra_j when `extra` is given (row pointers).
+  template <typename V>
+  V drift(const float* o, const float* extra, int64_t j) const {
+    V mu = v_clamp(v_load<V>(o + j), clip);
+    return extra ? mu + v_load<V>(extra + j) : mu;
+  }
+
   // Log-variance multiplier t = range·tanh(clip(o_v)) (0 for a fixed variance).
   template <typename V>
   V log_mult(const float* o_v) const {
@@ -424,8 +431,7 @@ class PolicyRollout {
       float acc = 0.0f;
       hd.over_dims([&](int64_t j, auto lane) {
         using V = decltype(lane);
-        V mu = v_clamp(v_load<V>(o + j), hd.clip);
-        if (extra) mu = mu + v_load<V>(extra + base + j);
+        V mu = hd.drift<V>(o, extra ? extra + base : nullptr, j);
         V t = hd.log_mult<V>(o + d + j);
         V v = V(hd.var0) * v_exp(t);
         V dev = v_load<V>(noise + base + j) * v_sqrt(v + V(e2_));
@@ -556,8 +562,7 @@ Tensor pf_head_log_prob(const Tensor& out, const Tensor& s, const Tensor& s_next
       float acc = 0.0f;
       hd.over_dims([&](int64_t j, auto lane) {
         using V = decltype(lane);
-        V mu = v_clamp(v_load<V>(orow + j), hd.clip);
-        if (ep) mu = mu + v_load<V>(ep + base + j);
+        V mu = hd.drift<V>(orow, ep ? ep + base : nullptr, j);
         V r = v_load<V>(xp + base + j) - v_load<V>(sp + base + j) - V(hd.dt) * mu;
         V t = hd.log_mult<V>(orow + d + j);
         acc += v_sum(r * r / (V(hd.var0) * v_exp(t)) + t);
@@ -595,8 +600,7 @@ std::vector<std::optional<Tensor>> pf_head_log_prob_backward(const Tensor& grad,
       hd.over_dims([&](int64_t j, auto lane) {
         using V = decltype(lane);
         V om = v_load<V>(orow + j);
-        V mu = v_clamp(om, hd.clip);
-        if (ep) mu = mu + v_load<V>(ep + base + j);
+        V mu = hd.drift<V>(orow, ep ? ep + base : nullptr, j);
         V r = v_load<V>(xp + base + j) - v_load<V>(sp + base + j) - V(hd.dt) * mu;
         V v = V(hd.var0);
         if (hd.learned) {
