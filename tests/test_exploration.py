@@ -55,6 +55,8 @@ def test_config_group_builds_each_schedule_with_half_the_run_as_horizon(name, cl
         assert schedule.horizon == 1500
         cfg = compose_cfg([f"exploration={name}", "trainer.max_steps=3000", "exploration.horizon=10"])
         assert instantiate(cfg.exploration).horizon == 10
+        one_step = compose_cfg([f"exploration={name}", "trainer.max_steps=1"], run_dir=None)
+        assert instantiate(one_step.exploration).horizon == 1  # a 1-step run is not an error
 
 
 def test_none_switches_off_the_schedule_of_a_preset():

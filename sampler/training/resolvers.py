@@ -9,6 +9,11 @@ def _floordiv(a, b) -> int:
     return int(a) // int(b)
 
 
+def _half_run(max_steps) -> int:
+    """Half of a run's steps, at least 1: the default exploration horizon (``trainer.max_steps=1`` still works)."""
+    return max(1, int(max_steps) // 2)
+
+
 def _sweep_subdir(override_dirname: str, seed) -> str:
     """``<overrides without the seed>/seed=N`` (just ``seed=N`` when the seed is the only override)."""
     prefix = str(override_dirname).strip()
@@ -16,6 +21,6 @@ def _sweep_subdir(override_dirname: str, seed) -> str:
 
 
 def register_resolvers() -> None:
-    for name, fn in (("floordiv", _floordiv), ("sweep_subdir", _sweep_subdir)):
+    for name, fn in (("floordiv", _floordiv), ("half_run", _half_run), ("sweep_subdir", _sweep_subdir)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
