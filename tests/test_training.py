@@ -106,6 +106,11 @@ def test_training_never_touches_the_global_rng(tiny_cfg):
         (["loss=pis", "train.phases=both_ways"], "train.backward_loss=pis cannot train on backward trajectories"),
         (["seed=-3"], "seed must be a non-negative integer"),
         (["eval.K=1"], "eval.K must be at least 2"),
+        (["loss=vargrad", "train.batch_size=1"], "train.batch_size must be at least 2 (got 1)"),
+        (
+            ["train.phases=both_ways", "train.backward_loss=vargrad", "train.backward_source=exact", "train.batch_size=1"],
+            "vargrad centres δ on the batch mean",
+        ),
         (["energy._target_=nowhere.Nothing"], "energy._target_=nowhere.Nothing could not be built"),
     ],
 )

@@ -103,6 +103,14 @@ def check_config(cfg: DictConfig) -> None:
             )
         if flow not in spec.flows:
             raise ConfigError(f"train.backward_loss={bwd} needs model.flow in {{{', '.join(spec.flows)}}} (got {flow})")
+    uses_vargrad = (phases in ("forward", "both_ways") and fwd == "vargrad") or (
+        phases in ("backward", "both_ways") and bwd == "vargrad"
+    )
+    if uses_vargrad and cfg.train.batch_size < 2:
+        raise ConfigError(
+            f"vargrad centres δ on the batch mean, so its loss is 0 for one trajectory: "
+            f"train.batch_size must be at least 2 (got {cfg.train.batch_size})"
+        )
     _check_offpolicy(cfg)
     for m in cfg.train.lr_milestones:
         if not isinstance(m, int) or m <= 0:
