@@ -108,10 +108,19 @@ def test_training_never_touches_the_global_rng(tiny_cfg):
         (["eval.K=1"], "eval.K must be at least 2"),
         (["loss=vargrad", "train.batch_size=1"], "train.batch_size must be at least 2 (got 1)"),
         (
-            ["train.phases=both_ways", "train.backward_loss=vargrad", "train.backward_source=exact", "train.batch_size=1"],
+            [
+                "train.phases=both_ways",
+                "train.backward_loss=vargrad",
+                "train.backward_source=exact",
+                "train.batch_size=1",
+            ],
             "vargrad centres δ on the batch mean",
         ),
         (["energy._target_=nowhere.Nothing"], "energy._target_=nowhere.Nothing could not be built"),
+        (["+train.bach_size=3"], "train.bach_size is not a key of train (nothing would read it)"),
+        (["buffer=rank", "+buffer.beta=2"], "buffer.beta is not a key of buffer=rank"),
+        (["+trainer.max_stepz=3"], "trainer.max_stepz is not a Lightning Trainer argument"),
+        (["exploration=linear", "exploration.horizon=0"], "exploration could not be built: exploration.horizon must"),
     ],
 )
 def test_bad_values_fail_before_training_with_one_line(tiny_cfg, tmp_path, overrides, message):
@@ -179,3 +188,10 @@ def test_gmm9_modes_are_all_found_by_langevin_tb(tiny_cfg):
     metrics, _ = train(cfg)
     assert metrics["mode_coverage"] == 1.0, metrics
     assert metrics["dlogZ_rw"] <= 0.1, metrics
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where no CUDA GPU is visible")
+def test_a_gpu_trainer_without_a_gpu_is_one_line(tiny_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer.accelerator=gpu needs a CUDA GPU .* use trainer=default"):
+        train(tiny_cfg("trainer=gpu", run_dir=tmp_path / "gpu"))
+    assert not (tmp_path / "gpu").exists()

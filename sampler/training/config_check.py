@@ -7,9 +7,13 @@ training phases.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
 
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 from sampler.buffers import BUFFERS
 from sampler.gfn.diffusion import FLOWS
@@ -21,6 +25,15 @@ BACKWARD_SOURCES = ("exact", "buffer", "local_search")
 BUFFER_NAMES = ("none", *BUFFERS)
 LOCAL_SEARCHES = ("none", "mala")
 ARCHS = ("pis", "mlp")
+
+
+#: The config tree beside the package (an editable install); the key checks below are skipped without it.
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+#: Sections nothing reads as keyword arguments: a key added with ``+`` that they do not define would be ignored.
+ROOT_SECTIONS = ("train", "eval", "checkpoint")
+GROUP_SECTIONS = ("buffer", "local_search", "teacher")
+#: ``trainer.*`` keys the run itself reads (the rest are Lightning ``Trainer`` arguments).
+RUN_TRAINER_KEYS = ("max_steps", "log_every_n_steps")
 
 
 class ConfigError(ValueError):
@@ -112,6 +125,9 @@ def check_config(cfg: DictConfig) -> None:
             f"train.batch_size must be at least 2 (got {cfg.train.batch_size})"
         )
     _check_offpolicy(cfg)
+    _check_keys(cfg)
+    _check_trainer(cfg)
+    _check_exploration(cfg)
     for m in cfg.train.lr_milestones:
         if not isinstance(m, int) or m <= 0:
             raise ConfigError(
@@ -157,3 +173,63 @@ def _check_offpolicy(cfg: DictConfig) -> None:
         raise ConfigError(
             "buffer=per keys samples by the student's TB error; it needs model.flow=scalar or conditional"
         )
+
+
+@cache
+def _yaml_keys(relative: str, section: str | None = None) -> frozenset[str] | None:
+    path = CONF_DIR / relative
+    if not path.is_file():
+        return None
+    node = OmegaConf.load(path)
+    node = node.get(section) if section is not None else node
+    return frozenset(k for k in node if k != "defaults") if isinstance(node, DictConfig) else None
+
+
+def _check_keys(cfg: DictConfig) -> None:
+    """A key added with ``+`` (``+train.bach_size=3``) that nothing reads: one line, not a silently ignored value."""
+    for section in (*ROOT_SECTIONS, *GROUP_SECTIONS):
+        node = cfg.get(section)
+        if not isinstance(node, DictConfig):
+            continue
+        if section in ROOT_SECTIONS:
+            known = _yaml_keys("config.yaml", section)
+        else:
+            known = _yaml_keys(f"{section}/{node.get('name')}.yaml")
+        if known is None:
+            continue
+        unknown = sorted(set(node) - known)
+        if unknown:
+            where = section if section in ROOT_SECTIONS else f"{section}={node.get('name')}"
+            raise ConfigError(
+                f"{section}.{unknown[0]} is not a key of {where} (nothing would read it); "
+                f"its keys: {', '.join(sorted(known))}"
+            )
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    """``trainer.*``: Lightning ``Trainer`` arguments only, and a GPU accelerator only where CUDA is visible."""
+    import lightning as L
+
+    allowed = set(inspect.signature(L.Trainer.__init__).parameters) | set(RUN_TRAINER_KEYS)
+    unknown = sorted(set(cfg.trainer) - allowed)
+    if unknown:
+        raise ConfigError(f"trainer.{unknown[0]} is not a Lightning Trainer argument")
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} needs a CUDA GPU and torch sees none here "
+            f"(torch {torch.__version__}, torch.cuda.is_available() is False); use trainer=default on this machine"
+        )
+
+
+def _check_exploration(cfg: DictConfig) -> None:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        instantiate(cfg.exploration)
+    except InstantiationException as err:
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise ConfigError(f"exploration could not be built: {' '.join(str(cause).split())}") from err

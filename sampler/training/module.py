@@ -79,7 +79,10 @@ class SamplerModule(L.LightningModule):
         self.cfg = cfg
         self.energy = build_energy(cfg)
         self.gfn = build_gfn(cfg, self.energy)
-        self.exploration = instantiate(cfg.exploration)
+        try:
+            self.exploration = instantiate(cfg.exploration)
+        except InstantiationException as err:
+            raise ConfigError(f"exploration could not be built: {_root_cause(err)}") from err
         self.teaching = Teacher(cfg) if cfg.teacher.name == "adaptive" else None
         self.teacher_gfn = build_teacher_gfn(cfg, self.energy, build_gfn) if self.teaching else None
         self.phases = TeacherSchedule() if self.teaching else PhaseSchedule(cfg.train.phases)
