@@ -59,6 +59,23 @@ def _positive(cfg: DictConfig, *keys: str, integer: bool = True, allow_zero: boo
             raise ConfigError(f"{key} must be {what} (got {value!r})")
 
 
+def innermost(err: BaseException) -> BaseException:
+    """The exception at the end of ``err``'s ``__cause__`` chain (what a wrapped build error really was)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def root_cause(err: BaseException) -> str:
+    """``Type: message`` of the innermost exception, on one line (for a ConfigError's message)."""
+    cause = innermost(err)
+    return f"{type(cause).__name__}: {one_line(cause)}"
+
+
 def loss_name(name: str) -> str:
     return ALIASES.get(name, name)
 
@@ -229,7 +246,4 @@ def _check_exploration(cfg: DictConfig) -> None:
     try:
         instantiate(cfg.exploration)
     except InstantiationException as err:
-        cause = err
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        raise ConfigError(f"exploration could not be built: {' '.join(str(cause).split())}") from err
+        raise ConfigError(f"exploration could not be built: {one_line(innermost(err))}") from err

@@ -19,7 +19,7 @@ from sampler.evaluation.metrics import log_mean_exp
 from sampler.gfn.trajectories import Trajectories
 from sampler.losses import LOSSES, get_loss
 from sampler.teacher import TeacherSchedule
-from sampler.training.config_check import ConfigError, loss_name
+from sampler.training.config_check import ConfigError, loss_name, root_cause
 from sampler.training.offpolicy import OffPolicy
 from sampler.training.phases import PhaseSchedule
 from sampler.training.teaching import Teacher, build_teacher_gfn
@@ -31,20 +31,13 @@ class NonFiniteLossError(FloatingPointError):
     """A loss that is NaN/inf: never trained on."""
 
 
-def _root_cause(err: BaseException) -> str:
-    """``Type: message`` of the innermost exception, on one line."""
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return f"{type(err).__name__}: " + " ".join(str(err).split())
-
-
 def build_energy(cfg: DictConfig) -> Energy:
     """Instantiate ``cfg.energy`` and check it implements the protocol (SPEC §1)."""
     target = cfg.energy.get("_target_")
     try:
         energy = instantiate(cfg.energy)
     except InstantiationException as err:
-        raise ConfigError(f"energy._target_={target} could not be built: {_root_cause(err)}") from err
+        raise ConfigError(f"energy._target_={target} could not be built: {root_cause(err)}") from err
     for attr in ("dim", "log_reward"):
         if not hasattr(energy, attr):
             raise ConfigError(f"energy._target_={target} is not an energy: it has no `{attr}` (see README, energies)")
@@ -63,7 +56,7 @@ def build_gfn(cfg: DictConfig, energy: Energy) -> torch.nn.Module:
             return instantiate(cfg.model, energy=energy, log_Z_init=0.0)
         return instantiate(cfg.model, energy=energy)
     except InstantiationException as err:
-        raise ConfigError(f"model could not be built: {_root_cause(err)}") from err
+        raise ConfigError(f"model could not be built: {root_cause(err)}") from err
 
 
 class SamplerModule(L.LightningModule):
@@ -79,10 +72,7 @@ class SamplerModule(L.LightningModule):
         self.cfg = cfg
         self.energy = build_energy(cfg)
         self.gfn = build_gfn(cfg, self.energy)
-        try:
-            self.exploration = instantiate(cfg.exploration)
-        except InstantiationException as err:
-            raise ConfigError(f"exploration could not be built: {_root_cause(err)}") from err
+        self.exploration = instantiate(cfg.exploration)  # checked by check_config
         self.teaching = Teacher(cfg) if cfg.teacher.name == "adaptive" else None
         self.teacher_gfn = build_teacher_gfn(cfg, self.energy, build_gfn) if self.teaching else None
         self.phases = TeacherSchedule() if self.teaching else PhaseSchedule(cfg.train.phases)
