@@ -154,16 +154,23 @@ def test_evaluate_on_an_exact_sampler_gives_exact_log_z_and_full_ess(generator):
         "dlogZ",
         "dlogZ_rw",
         "eubo",
+        "elbo_eubo_gap",
         "ess",
         "w2",
         "w2_floor",
         "mmd",
         "mode_coverage",
+        "mode_weight_tv",
+        "entropic_mode_coverage",
+        "n_energy_calls",
         "eval_K",
     }
     assert all(isinstance(v, float) for v in metrics.values())
     assert metrics["dlogZ"] < 1e-5 and metrics["dlogZ_rw"] < 1e-5
     assert metrics["eubo"] == pytest.approx(energy.log_Z, abs=1e-5)
+    assert abs(metrics["elbo_eubo_gap"]) < 1e-5  # both bounds are exact
+    assert metrics["entropic_mode_coverage"] == 1.0  # one mode
+    assert metrics["n_energy_calls"] == 0.0  # evaluation is not counted
     assert metrics["ess"] == pytest.approx(1.0, abs=1e-6)
     assert metrics["log_Z_learned"] == 1.5
     assert metrics["mode_coverage"] == 1.0
@@ -174,7 +181,7 @@ def test_evaluate_on_an_exact_sampler_gives_exact_log_z_and_full_ess(generator):
 def test_evaluate_omits_metrics_that_need_exact_samples_or_a_known_log_z(generator):
     energy = UnknownGaussian(2)
     metrics, _ = evaluate(ExactOneStepGFN(energy), energy, K=100, generator=generator)
-    assert set(metrics) == {"log_Z_elbo", "log_Z_rw", "log_Z_learned", "ess", "eval_K"}
+    assert set(metrics) == {"log_Z_elbo", "log_Z_rw", "log_Z_learned", "ess", "n_energy_calls", "eval_K"}
 
 
 def test_evaluate_rejects_fewer_than_two_trajectories():

@@ -52,6 +52,11 @@ class GaussianMixture(Energy):
     def mode_centres(self) -> torch.Tensor:
         return self.means
 
+    @property
+    def mode_weights(self) -> torch.Tensor:
+        """``[M]`` float64 mixture weights: 1/M each (the mixture is equal-weight)."""
+        return torch.full((self.n_modes,), 1.0 / self.n_modes, dtype=torch.float64)
+
     def _component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """Per-component log N(x; μ_m, var·I), ``[B, M]``. The squared distances are summed one coordinate at a
         time for small d: the same sums as ``(μ − x)².sum(-1)``, without the ``[B, M, d]`` intermediate and its

@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from sampler.energies.base import Energy
+from sampler.evaluation.metrics import energy_calls_paused
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def _density_grid(energy: Energy) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     axis = torch.linspace(lo, hi, _GRID, device=energy.device)
     gx, gy = torch.meshgrid(axis, axis, indexing="xy")
     xy = torch.stack([gx.flatten(), gy.flatten()], dim=1)  # [G², 2]
-    with torch.no_grad():
+    with torch.no_grad(), energy_calls_paused(energy):  # a figure is not part of the training budget
         logp = energy.marginal_log_density_2d(xy)
     if logp is None:
         return None

@@ -1,7 +1,8 @@
 """The LightningModule that trains a GFlowNet sampler: phase → trajectories → loss → optimise (DESIGN.md).
 
 All sampling noise comes from the module's own ``torch.Generator``, whose state is saved in the checkpoint
-with the step counter, so a resumed run is bit-identical to an uninterrupted one on CPU.
+with the step counter, so a resumed run is bit-identical to an uninterrupted one on CPU. So is the energy's count
+of log-reward evaluations made by training steps (``n_energy_calls``, the budget recent papers compare samplers at).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from sampler.energies.base import Energy, NonFiniteRewardError
+from sampler.energies.base import Energy, NonFiniteRewardError, counting_energy_calls
 from sampler.evaluation.metrics import log_mean_exp
 from sampler.gfn.trajectories import Trajectories
 from sampler.losses import LOSSES, get_loss
@@ -129,6 +130,7 @@ class SamplerModule(L.LightningModule):
             "offpolicy": self.offpolicy.state_dict(),
             "phase_counts": {k: torch.tensor(v) for k, v in self.phase_counts.items()},
             "last_losses": dict(self.last_losses),
+            "n_energy_calls": torch.tensor(self.n_energy_calls, dtype=torch.int64),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -140,6 +142,16 @@ class SamplerModule(L.LightningModule):
         self.offpolicy.load_state_dict(state.get("offpolicy", {}))
         self.phase_counts = {k: int(v) for k, v in state.get("phase_counts", {}).items()}
         self.last_losses = dict(state.get("last_losses", {}))
+        if isinstance(self.energy, Energy):
+            if "n_energy_calls" not in state:
+                log.warning("checkpoint has no n_energy_calls (written before they were counted): counting from 0")
+            self.energy.n_energy_calls = int(state.get("n_energy_calls", 0))
+
+    @property
+    def n_energy_calls(self) -> int:
+        """Log-reward evaluations (points) made by training so far: rollouts (terminal log r and, with the Langevin
+        parametrisation, ∇log r at every step), local search, teacher, the log Z warm start — not evaluation."""
+        return int(getattr(self.energy, "n_energy_calls", 0))
 
     # ------------------------------------------------------------------------------------------------ optimisers
     def configure_optimizers(self):
@@ -227,8 +239,16 @@ class SamplerModule(L.LightningModule):
     def train_step(self, step: int, opt, teacher_opt=None) -> torch.Tensor:
         """One optimisation step at ``step`` (phase → trajectories → loss → update), with the given optimisers.
 
-        ``training_step`` calls it under Lightning; benchmarks and custom loops may call it directly.
+        ``training_step`` calls it under Lightning; benchmarks and custom loops may call it directly. The energy's
+        log-reward evaluations during the step are counted (``stats["n_energy_calls"]``, the running total).
         """
+        with counting_energy_calls(self.energy):
+            loss = self._train_step(step, opt, teacher_opt)
+        if isinstance(self.energy, Energy):
+            self.stats["n_energy_calls"] = float(self.energy.n_energy_calls)
+        return loss
+
+    def _train_step(self, step: int, opt, teacher_opt=None) -> torch.Tensor:
         kind = self.phases(step)
         phase = "forward" if kind == "forward" else "backward"
         gen = self._ensure_generator()
