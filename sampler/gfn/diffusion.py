@@ -47,9 +47,16 @@ class DiffusionGFN(nn.Module):
         log_var_range: range of the learned log-variance multiplier.
         langevin: Langevin parametrisation μ = NN(s, t) + g(t)·clip(∇log r(s)).
         langevin_per_dim: g(t) per dimension instead of a scalar.
+        lgv_layers: layers of g(t)'s network before its output layer (see :class:`TimeScaleNet`).
         lgv_clip: clip of ∇log r; out_clip: clip of the raw policy output; both only when ``clipping``.
         learn_pb: learn the backward corrections with range ``pb_scale_range``.
-        flow: ``scalar`` (log Z), ``conditional`` (log F_θ(s, t)) or ``forward_looking`` (SPEC §2).
+        flow: ``scalar`` (log Z), ``conditional`` (log F_θ(s, t)) or ``forward_looking``.
+        flow_shares_embeddings: the state-flow network is a head (joint layers + last layer) on the policy's time
+            and state embeddings, as in Sendera et al.'s code: the flow objective's gradient then also trains those
+            embeddings, which stay in :meth:`policy_parameters`; :meth:`flow_parameters` is the head. Else the flow
+            is a network of its own. Ignored with the scalar flow.
+        flow_zero_init: zero the flow network's last layer; ``None``: as ``zero_init`` (Sendera et al.'s code
+            leaves it at PyTorch's default initialisation).
         log_Z_init: initial value of the scalar log Z.
         compile: run the policy network through ``torch.compile`` (same parameters and state dict; the first
             steps pay the compilation).
@@ -70,12 +77,15 @@ class DiffusionGFN(nn.Module):
         log_var_range: float = 4.0,
         langevin: bool = False,
         langevin_per_dim: bool = False,
+        lgv_layers: int = 2,
         clipping: bool = True,
         lgv_clip: float = 100.0,
         out_clip: float = 1e4,
         learn_pb: bool = False,
         pb_scale_range: float = 0.1,
         flow: str = "scalar",
+        flow_shares_embeddings: bool = False,
+        flow_zero_init: bool | None = None,
         log_Z_init: float = 0.0,
         compile: bool = False,
         native: str | bool = "auto",
@@ -92,17 +102,20 @@ class DiffusionGFN(nn.Module):
         self.lgv_clip, self.out_clip = float(lgv_clip), float(out_clip)
         self.learn_pb, self.pb_scale_range = learn_pb, float(pb_scale_range)
         self.flow_type = flow
+        self.flow_shares_embeddings = bool(flow_shares_embeddings) and flow != "scalar"
 
         out = 2 * d if learned_variance else d
         self.policy = StateTimeNet(d, out, arch, hidden_dim, num_layers, zero_init)
-        self.lgv_scale = TimeScaleNet(d if langevin_per_dim else 1, hidden_dim) if langevin else None
+        self.lgv_scale = TimeScaleNet(d if langevin_per_dim else 1, hidden_dim, lgv_layers) if langevin else None
         self.pb_net = StateTimeNet(d, 2 * d, arch, hidden_dim, num_layers, zero_init=True) if learn_pb else None
         if flow == "scalar":
             self.log_Z = nn.Parameter(torch.tensor(float(log_Z_init)))
             self.flow_net = None
         else:
             self.log_Z = None
-            self.flow_net = StateTimeNet(d, 1, arch, hidden_dim, num_layers, zero_init)
+            flow_zero = zero_init if flow_zero_init is None else flow_zero_init
+            shared = self.policy if self.flow_shares_embeddings else None
+            self.flow_net = StateTimeNet(d, 1, arch, hidden_dim, num_layers, flow_zero, shared=shared)
         self.register_buffer("times", torch.arange(self.T + 1, dtype=torch.float32) / self.T, persistent=False)
         # Not a registered sub-module: the compiled wrapper shares the policy's parameters and adds no state.
         object.__setattr__(self, "_compiled_policy", torch.compile(self.policy, dynamic=False) if compile else None)
@@ -118,10 +131,12 @@ class DiffusionGFN(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- parameters
     def policy_parameters(self) -> list[nn.Parameter]:
+        """The policy network (with the embeddings a shared-embedding flow also uses) and g(t): lr_policy."""
         ps = list(self.policy.parameters())
         return ps + (list(self.lgv_scale.parameters()) if self.lgv_scale is not None else [])
 
     def flow_parameters(self) -> list[nn.Parameter]:
+        """log Z, or the state-flow network's own parameters (only its head when it shares embeddings): lr_flow."""
         return [self.log_Z] if self.log_Z is not None else list(self.flow_net.parameters())
 
     def backward_parameters(self) -> list[nn.Parameter]:
@@ -192,6 +207,8 @@ class DiffusionGFN(nn.Module):
         """``[B, T+1]`` log-flows, terminal column = log r (conditional / forward-looking flows)."""
         T = self.T
         inner = states[:T]  # [T, B, d]
+        # with shared embeddings this is the policy's time embedding, and the recorded pass's backward sends the
+        # flow's gradient into it and into the policy's state embedding (the first layer of the taped network)
         f_emb = self.flow_net.embed_time(self.times[:T])[:, None]  # [T, 1, H]
         F = _over_steps(self.flow_net, inner, f_emb, self._kernels(inner)).squeeze(-1)  # [T, B]
         if self.flow_type == "forward_looking":

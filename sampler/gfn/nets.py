@@ -39,6 +39,18 @@ class StateTimeNet(nn.Module):
         ``mlp``: a plain MLP on the concatenation [s, time features]: Linear(d + 128, H) → GELU →
             num_layers × [Linear(H, H) → GELU] → Linear(H, out). (The concatenation is computed as the sum of
             the state and time halves of the first layer, so the time half is still evaluated once per time.)
+
+    Args:
+        dim: state dimension d.
+        out_dim: output size.
+        arch: ``pis`` or ``mlp`` (above).
+        hidden_dim: width H.
+        num_layers: hidden H → H layers of the joint part.
+        zero_init: zero the last layer (else PyTorch's default initialisation).
+        shared: another network of the same ``arch`` and width whose time features, time embedding and state
+            embedding this one uses instead of its own (a head on that network's embeddings, as the state flow of
+            Sendera et al.'s code is on the policy's). They stay registered (and optimised) only in ``shared``;
+            this network's own parameters are then the joint part and the last layer.
     """
 
     def __init__(
@@ -49,16 +61,27 @@ class StateTimeNet(nn.Module):
         hidden_dim: int = 64,
         num_layers: int = 2,
         zero_init: bool = True,
+        shared: StateTimeNet | None = None,
     ):
         super().__init__()
         self.arch = arch
-        self.time_features = HarmonicTimeFeatures(64)
-        tf = self.time_features.out_dim
-        if arch == "pis":
-            self.time_net = nn.Sequential(nn.Linear(tf, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim))
-            self.state_net = nn.Linear(dim, hidden_dim)
-        elif arch == "mlp":
-            self.time_net = nn.Linear(tf, hidden_dim, bias=False)
+        if shared is not None:
+            theirs = (shared.arch, shared.state_net.in_features, shared.state_net.out_features)
+            if theirs != (arch, dim, hidden_dim):
+                raise ValueError(
+                    "a network sharing embeddings needs the same (arch, state dim, width) as the one it shares them "
+                    f"with (got {(arch, dim, hidden_dim)}, shared {theirs})"
+                )
+            # plain attributes, not sub-modules: the parameters belong to (and are saved and optimised with) `shared`
+            for name in ("time_features", "time_net", "state_net"):
+                object.__setattr__(self, name, getattr(shared, name))
+        elif arch in ("pis", "mlp"):
+            self.time_features = HarmonicTimeFeatures(64)
+            tf = self.time_features.out_dim
+            if arch == "pis":
+                self.time_net = nn.Sequential(nn.Linear(tf, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim))
+            else:
+                self.time_net = nn.Linear(tf, hidden_dim, bias=False)
             self.state_net = nn.Linear(dim, hidden_dim)
         else:
             raise ValueError(f"model.arch must be one of pis, mlp (got {arch})")
@@ -243,18 +266,26 @@ class FrozenNet:
 
 
 class TimeScaleNet(nn.Module):
-    """g(t) of the Langevin parametrisation: time features → MLP → ``out_dim``, starting at exactly 0.01."""
+    """g(t) of the Langevin parametrisation: time features → MLP → ``out_dim``, starting at exactly 0.01.
 
-    def __init__(self, out_dim: int = 1, hidden_dim: int = 64):
+    The MLP is Linear(128, H) → (num_layers − 1) × [GELU → Linear(H, H)] → GELU → Linear(H, out_dim): ``num_layers``
+    counts the layers before the output one, as ``--lgv_layers`` of Sendera et al.'s code does (3 there).
+
+    Args:
+        out_dim: 1 (a scalar g per time) or d (per dimension).
+        hidden_dim: width H.
+        num_layers: layers before the output layer (≥ 1).
+    """
+
+    def __init__(self, out_dim: int = 1, hidden_dim: int = 64, num_layers: int = 2):
         super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"model.lgv_layers must be >= 1 (got {num_layers})")
         self.time_features = HarmonicTimeFeatures(64)
-        self.net = nn.Sequential(
-            nn.Linear(self.time_features.out_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, out_dim),
-        )
+        layers: list[nn.Module] = [nn.Linear(self.time_features.out_dim, hidden_dim)]
+        for _ in range(num_layers - 1):
+            layers += [nn.GELU(), nn.Linear(hidden_dim, hidden_dim)]
+        self.net = nn.Sequential(*layers, nn.GELU(), nn.Linear(hidden_dim, out_dim))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.constant_(self.net[-1].bias, 0.01)
 
