@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from sampler.training.loggers import wandb_mode
-from sampler.training.run import train
+from sampler.training.config_check import ConfigError
+from sampler.training.loggers import WandbSink, wandb_mode, wandb_server_unreachable
+from sampler.training.run import main, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -154,3 +159,102 @@ def test_tensorboard_events_mirror_metrics_csv(tiny_cfg, tmp_path):
     assert sorted(scalars["train/loss"]) == [1, 2, 3, 4, 5]
     assert scalars["eval/dlogZ_rw"][5] == pytest.approx(metrics["dlogZ_rw"], rel=1e-6)
     assert {"samples", "metric_curves"} <= images
+
+
+def free_port() -> int:
+    """A localhost port nothing listens on (connecting to it is refused at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def wandb_key(monkeypatch):
+    """A W&B API key in the environment, no other W&B or proxy settings; returns a function that points
+    ``WANDB_BASE_URL`` at a localhost port."""
+    for k in list(os.environ):
+        if k.startswith("WANDB_") or k.lower() in ("http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+
+    def server_at(port: int) -> str:
+        url = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        return url
+
+    return server_at
+
+
+def test_the_probe_tells_a_listening_server_from_a_closed_port():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        assert wandb_server_unreachable(f"http://127.0.0.1:{server.getsockname()[1]}") is None
+    port = free_port()
+    assert wandb_server_unreachable(f"http://127.0.0.1:{port}") == f"127.0.0.1:{port} refused the connection"
+
+
+def test_wandb_with_a_key_but_no_reachable_server_logs_offline_and_says_so(tiny_cfg, tmp_path, wandb_key, caplog):
+    url = wandb_key(free_port())
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="sampler.training.loggers"):
+        train(tiny_cfg("logger=wandb", "logger.log_images=false"))
+    assert time.monotonic() - started < 30  # wandb.init alone would wait ~100 s and then fail
+    said = [r for r in caplog.records if "W&B:" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    message = said[0].getMessage()
+    assert message.startswith(f"W&B: offline (API key configured, but the W&B server {url} is unreachable: ")
+    run_dir = tmp_path / "run"
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    assert f"upload later with `wandb sync {offline}`" in message
+    assert list(offline.glob("run-*.wandb")) and not list((run_dir / "wandb").glob("run-*"))
+    assert "WANDB_MODE" not in os.environ  # restored as it was
+
+
+def test_wandb_online_without_a_reachable_server_stops_in_one_line_before_training(
+    tiny_cfg, tmp_path, wandb_key, capsys
+):
+    url = wandb_key(free_port())
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_cfg("logger=wandb", "logger.mode=online"))
+    assert exit_info.value.code == 2 and time.monotonic() - started < 20
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: logger.mode=online, but the W&B server {url} is unreachable (127.0.0.1:")
+    assert "logger.mode=auto or offline" in err
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "wandb").exists()
+    assert "WANDB_MODE" not in os.environ
+
+
+def test_a_failing_online_wandb_init_falls_back_offline_or_stops_in_one_line(tmp_path, wandb_key, monkeypatch, caplog):
+    import wandb
+
+    server = socket.create_server(("127.0.0.1", 0))  # answers the probe; wandb.init fails all the same
+    wandb_key(server.getsockname()[1])
+    real_init = wandb.init
+
+    def init(*args, mode=None, **kw):
+        if mode == "online":
+            raise wandb.errors.CommError("Run initialization has timed out after 90.0 sec.\nPlease try again.")
+        return real_init(*args, mode=mode, **kw)
+
+    monkeypatch.setattr(wandb, "init", init)
+    lcfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "logger" / "wandb.yaml")
+    with server:
+        lcfg.mode = "online"
+        with pytest.raises(ConfigError) as info:
+            WandbSink(lcfg, tmp_path / "a", {}, "", {}, 0)
+        assert str(info.value).startswith(
+            "logger.mode=online, but wandb.init failed (CommError: Run initialization has timed out after 90.0 sec. "
+        )
+        assert "\n" not in str(info.value) and "WANDB_MODE" not in os.environ
+
+        lcfg.mode = "auto"
+        with caplog.at_level(logging.INFO, logger="sampler.training.loggers"):
+            sink = WandbSink(lcfg, tmp_path / "b", {}, "", {}, 0)
+        try:
+            assert os.environ["WANDB_MODE"] == "offline"
+        finally:
+            sink.close(True)
+    (said,) = [r for r in caplog.records if "W&B:" in r.getMessage()]
+    assert said.levelno == logging.WARNING
+    assert said.getMessage().startswith("W&B: offline (API key configured, but wandb.init failed online: CommError")
+    assert len(list((tmp_path / "b" / "wandb").glob("offline-run-*"))) == 1

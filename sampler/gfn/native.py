@@ -7,28 +7,51 @@ thread in one call; the fused head computes log P_F (and its gradient) and the B
 pass over ``[T, B, d]`` instead of a dozen. Same formulas as the PyTorch path, equal to float32 rounding
 (tests/test_native.py).
 
-The kernels are compiled by ``torch.utils.cpp_extension`` (C++ compiler and ninja) into torch's extension cache
-the first time a process needs them (about a minute; later processes load the cached build). ``model.native``:
-``auto`` uses them when they build and falls back to the PyTorch path with one warning when they do not,
-``true`` requires them, ``false`` never uses them. ``SAMPLER_NATIVE=0`` in the environment turns ``auto`` off.
+The kernels are compiled by ``torch.utils.cpp_extension`` (C++ compiler and ninja) the first time a process needs
+them (about a minute; later processes load the cached build), into a directory of torch's extension cache
+(``TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions/...``) named for a hash of the source, the torch version,
+the compiler flags and the ninja version: checkouts with different sources keep separate builds, checkouts with the
+same source share one (it compiles a copy of the source kept there, so the checkout's path is not part of the
+build). An exclusive ``flock`` on a file in that directory serializes the builds; the kernel releases it when a
+process dies, so a build killed half-way blocks nobody (torch's own ``lock`` file, which would, is removed as stale
+by the next builder).
+
+``model.native``: ``auto`` uses them when they build and falls back to the PyTorch path with one warning when they
+do not, ``true`` requires them, ``false`` never uses them. ``SAMPLER_NATIVE=0`` in the environment turns ``auto`` off.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows has no fcntl: builds are not serialized there
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "true", "false")
 _SOURCE = Path(__file__).with_name("native") / "rollout.cpp"
+_LDFLAGS = ("-fopenmp",)
+#: How the build is set up (bump when that changes, so that old and new layouts never share a build directory).
+_RECIPE = "source-copy-1"
+#: Our build lock (held with ``flock`` while building or loading); torch's own lock file is ``lock``.
+BUILD_LOCK = "sampler_build.lock"
+#: How long a process waits for another one compiling the kernels before giving up (seconds).
+BUILD_LOCK_TIMEOUT_S = 15 * 60
 _lock = threading.Lock()
 _module = None
 _error: str | None = None
@@ -90,21 +113,127 @@ def load(required: bool = False):
         return _module
 
 
+def build_dir_name(
+    name: str, source: bytes, flags: list[str], torch_version: str = torch.__version__, ninja_version: str = ""
+) -> str:
+    """The build directory's name: ``name`` and a short hash of everything the compiled module depends on.
+
+    Args:
+        name: the extension name (``sampler_native_avx2``).
+        source: the bytes of ``rollout.cpp``.
+        flags: the compiler flags.
+        torch_version: the torch version whose headers and ABI the module is built against.
+        ninja_version: the ninja that builds it (ninja versions disagree about the format of the build log, so two of
+            them sharing a directory would rebuild each other's builds).
+
+    Returns:
+        ``<name>_<12 hex digits>``.
+    """
+    digest = hashlib.sha256(source)
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    for part in (_RECIPE, torch_version, python, ninja_version, *flags, "ldflags", *_LDFLAGS):
+        digest.update(b"\0" + part.encode())
+    return f"{name}_{digest.hexdigest()[:12]}"
+
+
+def build_directory(source: bytes | None = None) -> Path:
+    """The directory the kernels are built in for ``source`` (default: this checkout's ``rollout.cpp``), this torch,
+    this CPU and the ``ninja`` on PATH (created if missing)."""
+    from torch.utils import cpp_extension  # noqa: PLC0415 - heavy, and only needed here
+
+    name, flags = _flags()
+    source = _SOURCE.read_bytes() if source is None else source
+    dir_name = build_dir_name(name, source, flags, ninja_version=_ninja_version())
+    return Path(cpp_extension._get_build_directory(dir_name, verbose=False))
+
+
+def _ninja_version() -> str:
+    _ensure_ninja_on_path()
+    exe = shutil.which("ninja")
+    if exe is None:
+        return "none"
+    try:
+        return subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def build_lock(directory: Path, timeout_s: float | None = None):
+    """Hold an exclusive ``flock`` on ``directory/sampler_build.lock``, waiting (one log line) while another
+    process holds it.
+
+    Args:
+        directory: the build directory.
+        timeout_s: give up after this many seconds (default :data:`BUILD_LOCK_TIMEOUT_S`).
+
+    Raises:
+        NativeUnavailable: the lock was not free within ``timeout_s``.
+    """
+    if fcntl is None:
+        yield
+        return
+    timeout_s = BUILD_LOCK_TIMEOUT_S if timeout_s is None else timeout_s
+    path = directory / BUILD_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if not _try_flock(fd):
+            log.warning("waiting for another process compiling the native kernels (%s)", directory)
+            deadline = time.monotonic() + timeout_s
+            while not _try_flock(fd):
+                if time.monotonic() > deadline:
+                    raise NativeUnavailable(
+                        f"gave up after {timeout_s:.0f} s waiting for another process compiling the native kernels; "
+                        f"if none is running, delete {path}"
+                    )
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _try_flock(fd: int) -> bool:
+    """Take the lock if it is free. A file system without ``flock`` (some network mounts) counts as free: the
+    build then runs unserialized, as it would without this lock."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as err:
+        log.debug("cannot lock the native build directory (%s); building without the lock", err)
+    return True
+
+
 def _build():
     from torch.utils import cpp_extension  # noqa: PLC0415 - heavy, and only needed here
 
     name, flags = _flags()
-    _ensure_ninja_on_path()
-    build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
-    if not any(build_dir.glob(f"{name}*.so")):
-        log.info("compiling the native rollout kernels (once per machine, about a minute)")
-    return cpp_extension.load(
-        name=name,
-        sources=[str(_SOURCE)],
-        extra_cflags=flags,
-        extra_ldflags=["-fopenmp"],
-        verbose=False,
-    )
+    source = _SOURCE.read_bytes()
+    build_dir = build_directory(source)
+    with build_lock(build_dir):
+        # Every builder of this directory holds our lock first, so torch's lock file here is left by a killed build
+        # (torch would wait for it forever).
+        stale = build_dir / "lock"
+        if stale.exists():
+            log.warning("removing %s, left by a native-kernel build that was killed", stale)
+            stale.unlink(missing_ok=True)
+        # Compile a copy kept in the build directory: ninja rebuilds when the command line changes, and it names the
+        # source path, so checkouts at different paths would otherwise rebuild this directory in turn.
+        copy = build_dir / _SOURCE.name
+        if not copy.is_file() or copy.read_bytes() != source:
+            tmp = copy.with_name(copy.name + ".tmp")
+            tmp.write_bytes(source)
+            os.replace(tmp, copy)
+        if not any(build_dir.glob(f"{name}*.so")):
+            log.info("compiling the native rollout kernels into %s (once per version, about a minute)", build_dir)
+        return cpp_extension.load(
+            name=name,
+            sources=[str(copy)],
+            extra_cflags=flags,
+            extra_ldflags=list(_LDFLAGS),  # a copy: torch appends its own flags to the list
+            build_directory=str(build_dir),
+            verbose=False,
+        )
 
 
 class PFHeadLogProb(torch.autograd.Function):
