@@ -3,11 +3,30 @@
 A schedule maps the training step to ε, the std of extra per-step displacement noise added in quadrature to the
 forward policy's noise while *sampling* training trajectories (log P_F is still evaluated under the unexplored
 policy). Schedules are pure functions of the step, so they hold no state and need nothing in a checkpoint.
+Their numbers are checked when they are built: a ValueError of one line names the key (``exploration.start`` ...).
 """
 
 from __future__ import annotations
 
 import math
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _start(start) -> float:
+    """``exploration.start`` as a float: a finite ε ≥ 0 (NaN would compare False everywhere and switch ε off)."""
+    if not _real(start) or start < 0:
+        raise ValueError(f"exploration.start must be a finite number >= 0 (got {start!r})")
+    return float(start)
+
+
+def _horizon(horizon) -> int:
+    """``exploration.horizon`` as an int: a positive whole number of steps."""
+    if not _real(horizon) or horizon <= 0 or horizon != int(horizon):
+        raise ValueError(f"exploration.horizon must be a positive whole number of steps (got {horizon!r})")
+    return int(horizon)
 
 
 class ExplorationSchedule:
@@ -30,11 +49,7 @@ class ExplorationSchedule:
 
 class _Decay(ExplorationSchedule):
     def __init__(self, start: float = 0.2, horizon: int = 12500):
-        if start < 0:
-            raise ValueError(f"exploration.start must be >= 0 (got {start})")
-        if horizon <= 0:
-            raise ValueError(f"exploration.horizon must be a positive number of steps (got {horizon})")
-        self.start, self.horizon = float(start), int(horizon)
+        self.start, self.horizon = _start(start), _horizon(horizon)
 
     def __call__(self, step: int) -> float | None:
         eps = self.start * self._factor(min(step, self.horizon) / self.horizon) if step < self.horizon else 0.0
@@ -48,9 +63,7 @@ class Constant(ExplorationSchedule):
     """ε(step) = ``start`` for every step."""
 
     def __init__(self, start: float = 0.2):
-        if start < 0:
-            raise ValueError(f"exploration.start must be >= 0 (got {start})")
-        self.start = float(start)
+        self.start = _start(start)
 
     def __call__(self, step: int) -> float | None:
         return self.start if self.start > 0 else None
@@ -75,8 +88,8 @@ class ExponentialDecay(_Decay):
 
     def __init__(self, start: float = 0.2, horizon: int = 12500, rate: float = 5.0):
         super().__init__(start, horizon)
-        if rate <= 0:
-            raise ValueError(f"exploration.rate must be > 0 (got {rate})")
+        if not _real(rate) or rate <= 0:
+            raise ValueError(f"exploration.rate must be a finite number > 0 (got {rate!r})")
         self.rate = float(rate)
 
     def _factor(self, u: float) -> float:

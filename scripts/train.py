@@ -1,10 +1,16 @@
 """Train a sampler: `python scripts/train.py [group=option ...] [key=value ...] [-m key=a,b,c]` (see README.md)."""
 
 import sys
+from pathlib import Path
 
+from sampler.composing import composition_error
 from sampler.launching import launcher_error
 
-if __name__ == "__main__" and (error := launcher_error(sys.argv[1:])):
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the config_path of @hydra.main below
+
+if __name__ == "__main__" and (
+    error := launcher_error(sys.argv[1:]) or composition_error(sys.argv[1:], CONF_DIR, "config")
+):
     print(error, file=sys.stderr)  # one line, before the slow imports below and before anything is submitted
     sys.exit(2)
 

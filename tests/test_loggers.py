@@ -81,7 +81,7 @@ def tensorboard_events(log_dir: Path) -> tuple[dict[str, dict[int, float]], set[
 
 def test_wandb_without_a_key_logs_offline_files_that_hold_the_metrics(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["HOME"] = str(tmp_path)  # no ~/.netrc: no key
+    env["NETRC"] = str(tmp_path / "no-netrc")  # no key; HOME stays, so the native kernel cache is reused
     cmd = [sys.executable, "scripts/train.py", "logger=wandb", "seed=3", f"paths.root={tmp_path}", *SMALL]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from sampler.energies.base import Energy, NonFiniteRewardError, counting_energy_calls
+from sampler.energies.protocol import check_energy
 from sampler.evaluation.metrics import log_mean_exp
 from sampler.gfn.trajectories import Trajectories
 from sampler.losses import LOSSES, get_loss
@@ -44,6 +45,7 @@ def build_energy(cfg: DictConfig) -> Energy:
             raise ConfigError(f"energy._target_={target} is not an energy: it has no `{attr}` (see README, energies)")
     if not isinstance(energy, torch.nn.Module):
         raise ConfigError(f"energy._target_={target} must be a torch.nn.Module (subclass sampler.energies.Energy)")
+    check_energy(energy, target)
     return energy
 
 
