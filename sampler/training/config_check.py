@@ -1,19 +1,21 @@
 """Fail fast on a bad configuration, before anything is built: one line naming the key and what is allowed.
 
-Hydra already rejects unknown group options (``energy=gmm26``) and misspelt keys (``model.hidden_dimm=3``);
-this module checks the values: enumerations, positive sizes, and which objectives work with which flows and
-training phases.
+Unknown group options (``energy=gmm26``) and misspelt keys (``model.hidden_dimm=3``) fail when the config is
+composed (``sampler.composing`` turns Hydra's message into one line); this module checks the values: no NaN
+anywhere, enumerations, finite positive sizes and rates, which objectives work with which flows and training
+phases, and Lightning ``Trainer`` settings the sampler can train under (one device, float32).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sampler.buffers import BUFFERS
 from sampler.gfn.diffusion import FLOWS
@@ -34,6 +36,16 @@ ROOT_SECTIONS = ("train", "eval", "checkpoint")
 GROUP_SECTIONS = ("buffer", "local_search", "teacher")
 #: ``trainer.*`` keys the run itself reads (the rest are Lightning ``Trainer`` arguments).
 RUN_TRAINER_KEYS = ("max_steps", "log_every_n_steps")
+#: ``trainer.precision`` values that train: the native kernels and the float32 buffers of the policy, the energies
+#: and the log-density sums fail under mixed (``16-mixed``, ``bf16-mixed``) and 16- or 64-bit precision.
+PRECISIONS = ("32-true", "32")
+#: ``trainer.strategy`` values that keep the run in this process on one device.
+STRATEGIES = ("auto", "single_device")
+#: Appended to the one-line error for a multi-device or multi-node trainer.
+ONE_DEVICE_HINT = (
+    "the sampler trains on one device (a multi-device strategy would start a copy of this script per device); "
+    "to use several devices or cores, run several seeds at once: python scripts/train.py -m seed=0,1,2,3 launcher=local"
+)
 
 
 class ConfigError(ValueError):
@@ -51,11 +63,15 @@ def _positive(cfg: DictConfig, *keys: str, integer: bool = True, allow_zero: boo
         value = cfg
         for part in key.split("."):
             value = value[part]
-        ok = isinstance(value, int) and not isinstance(value, bool) if integer else isinstance(value, (int, float))
-        if not ok or value < 0 or (value == 0 and not allow_zero):
-            what = "a positive integer" if integer else "a positive number"
-            if allow_zero:
-                what = what.replace("positive", "non-negative")
+        if integer:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        finite = ok and math.isfinite(value)
+        if not finite or value < 0 or (value == 0 and not allow_zero):
+            what = ("a non-negative" if allow_zero else "a positive") + (" integer" if integer else " number")
+            if ok and not finite:
+                what = what.replace("a ", "a finite ", 1)
             raise ConfigError(f"{key} must be {what} (got {value!r})")
 
 
@@ -82,6 +98,7 @@ def loss_name(name: str) -> str:
 
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` on the first value that cannot work."""
+    _check_no_nan(cfg)
     all_losses = list(LOSSES) + list(ALIASES)
     _choice("loss.name", cfg.loss.name, all_losses)
     _choice("model.flow", cfg.model.flow, FLOWS)
@@ -150,6 +167,23 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"train.lr_milestones must be positive step numbers (got {list(cfg.train.lr_milestones)})"
             )
+
+
+def _check_no_nan(cfg: DictConfig) -> None:
+    """NaN is never a meaningful setting (a comparison with it is always False, so it would slip through every range
+    check below): one line naming the first key that holds it."""
+
+    def walk(node, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(node, float) and math.isnan(node):
+            raise ConfigError(f"{key}=nan: NaN is never a meaningful setting; give a number")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
 
 
 def _check_offpolicy(cfg: DictConfig) -> None:
@@ -224,7 +258,8 @@ def _check_keys(cfg: DictConfig) -> None:
 
 
 def _check_trainer(cfg: DictConfig) -> None:
-    """``trainer.*``: Lightning ``Trainer`` arguments only, and a GPU accelerator only where CUDA is visible."""
+    """``trainer.*``: Lightning ``Trainer`` arguments only, a GPU accelerator only where CUDA is visible, one
+    device on one node, and float32 precision."""
     import lightning as L
 
     allowed = set(inspect.signature(L.Trainer.__init__).parameters) | set(RUN_TRAINER_KEYS)
@@ -237,6 +272,47 @@ def _check_trainer(cfg: DictConfig) -> None:
             f"trainer.accelerator={accelerator} needs a CUDA GPU and torch sees none here "
             f"(torch {torch.__version__}, torch.cuda.is_available() is False); use trainer=default on this machine"
         )
+    precision = cfg.trainer.get("precision", "32-true")
+    if str(precision) not in PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={precision} is not supported: the sampler computes in float32 (mixed, 16- and 64-bit "
+            f"precision break its kernels and buffers); choose one of: {', '.join(PRECISIONS)}"
+        )
+    devices = cfg.trainer.get("devices", "auto")
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    count = _device_count(devices, on_gpu)
+    shown = list(devices) if isinstance(devices, ListConfig) else devices
+    if count is None or count < 1:
+        raise ConfigError(f"trainer.devices={shown} selects no device here; use trainer.devices=1")
+    if count > 1:
+        raise ConfigError(f"trainer.devices={shown} selects {count} devices, but {ONE_DEVICE_HINT}")
+    num_nodes = cfg.trainer.get("num_nodes", 1)
+    if num_nodes != 1 or isinstance(num_nodes, bool):
+        raise ConfigError(f"trainer.num_nodes={num_nodes}: {ONE_DEVICE_HINT}")
+    strategy = cfg.trainer.get("strategy", "auto")
+    if strategy not in STRATEGIES:
+        raise ConfigError(
+            f"trainer.strategy={strategy} is not supported ({', '.join(STRATEGIES)} are): {ONE_DEVICE_HINT}"
+        )
+
+
+def _device_count(devices, on_gpu: bool) -> int | None:
+    """How many devices Lightning would train on for ``trainer.devices=devices`` (None: a value it rejects)."""
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, bool):
+        return None
+    if not on_gpu:  # the CPU accelerator takes a positive count or "auto" (= 1)
+        return 1 if devices == "auto" else devices if isinstance(devices, int) and devices > 0 else None
+    if devices == "auto" or devices == -1:
+        return torch.cuda.device_count()
+    if isinstance(devices, int):
+        return devices if devices > 0 else None
+    if isinstance(devices, ListConfig | list):
+        return len(devices)
+    if isinstance(devices, str):  # "0,1": GPU indices
+        return len([i for i in devices.split(",") if i.strip()])
+    return None
 
 
 def _check_exploration(cfg: DictConfig) -> None:
