@@ -60,9 +60,10 @@ class _Decay(ExplorationSchedule):
 
 
 class Constant(ExplorationSchedule):
-    """ε(step) = ``start`` for every step."""
+    """ε(step) = ``start`` for every step (``horizon`` is accepted and ignored, so that ``exploration=constant`` can
+    replace the decaying schedule of a preset that sets one)."""
 
-    def __init__(self, start: float = 0.2):
+    def __init__(self, start: float = 0.2, horizon: int | None = None):
         self.start = _start(start)
 
     def __call__(self, step: int) -> float | None:
@@ -70,7 +71,7 @@ class Constant(ExplorationSchedule):
 
 
 class LinearDecay(_Decay):
-    """ε(step) = start · max(0, 1 − step/horizon) — Sendera et al.'s schedule (horizon = half the run)."""
+    """ε(step) = start · max(0, 1 − step/horizon) — Sendera et al.'s schedule (the published code: horizon 5000)."""
 
     def _factor(self, u: float) -> float:
         return 1.0 - u

@@ -63,3 +63,12 @@ def test_none_switches_off_the_schedule_of_a_preset():
     cfg = compose_cfg(["experiment=tb_expl_ls", "exploration=none"], run_dir=None)
     assert cfg.exploration.start == 0.1  # the preset's value is still composed in, and ignored
     assert instantiate(cfg.exploration)(0) is None
+
+
+def test_a_constant_schedule_replaces_a_preset_that_sets_a_horizon(tiny_cfg):
+    from hydra.utils import instantiate
+
+    cfg = tiny_cfg("experiment=tb_expl", "exploration=constant", "exploration.start=0.3")
+    assert cfg.exploration.horizon == 5000
+    schedule = instantiate(cfg.exploration)
+    assert schedule(0) == schedule(10_000) == 0.3
