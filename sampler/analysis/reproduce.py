@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -131,8 +132,31 @@ def check_reproducible(run_dir: str | Path, out: str | Path | None = None) -> tu
     return run, out
 
 
+def check_trusted(run: Run, trust: Iterable[str] = ()):
+    """The run's saved config, once every ``_target_`` in it is one of the platform's classes or named in ``trust``
+    (building a target runs its code; see :mod:`sampler.training.trust`).
+
+    Returns:
+        The config as checked (use this object: the file could change after the check).
+
+    Raises:
+        sampler.training.trust.UntrustedTargetError: naming the key, the target and ``--trust NAME``.
+    """
+    from omegaconf import OmegaConf
+
+    from sampler.training.trust import check_targets
+
+    cfg = OmegaConf.load(run.path / CONFIG)
+    check_targets(cfg, trust, source=str(run.path / CONFIG), option="--trust ")
+    return cfg
+
+
 def reproduce(
-    run_dir: str | Path, out: str | Path | None = None, rtol: float | None = None, atol: float | None = None
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    trust: Iterable[str] = (),
 ) -> Reproduction:
     """Train the run of ``run_dir`` again from its ``config_resolved.yaml`` into ``out`` and compare metrics.
 
@@ -140,6 +164,7 @@ def reproduce(
         run_dir: a finished run directory.
         out: the new run directory (default: :func:`default_out`); must not exist or be empty.
         rtol, atol: tolerance of the comparison (default: exact on CPU, :data:`GPU_RTOL`/:data:`GPU_ATOL` on GPU).
+        trust: dotted ``_target_`` names to build besides the platform's own classes (:func:`check_trusted`).
 
     Returns:
         The :class:`Reproduction`; it is also written to ``out/reproduce.json``.
@@ -147,10 +172,12 @@ def reproduce(
     Raises:
         NotARunError, ReproduceError: see :func:`check_reproducible`; ReproduceError also when the run trained on
             a GPU and there is none here.
-        sampler.training.config_check.ConfigError: the saved config no longer passes the config checks.
+        sampler.training.config_check.ConfigError: the saved config names a target that is not trusted, or no
+            longer passes the config checks.
     """
-    run, out = check_reproducible(run_dir, out)
-    import torch  # imported here: the checks above answer without torch
+    run, out = check_reproducible(run_dir, out)  # answers without torch
+    cfg = check_trusted(run, trust)
+    import torch
     from omegaconf import OmegaConf
 
     from sampler.training.run import train  # (importing sampler.training registers the config resolvers)
@@ -158,7 +185,6 @@ def reproduce(
     original_device = (run.manifest or {}).get("device")
     if original_device not in (None, "cpu") and not torch.cuda.is_available():
         raise ReproduceError(f"{run.path} trained on {original_device}, and this machine has no GPU")
-    cfg = OmegaConf.load(run.path / CONFIG)
     OmegaConf.update(cfg, "paths.run_dir", str(out), force_add=True)
     OmegaConf.update(cfg, "paths.root", str(out.parent), force_add=True)
 

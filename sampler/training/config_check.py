@@ -167,6 +167,9 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"train.lr_milestones must be positive step numbers (got {list(cfg.train.lr_milestones)})"
             )
+    from sampler.training.memory import check_memory  # noqa: PLC0415 - memory.py imports this module
+
+    check_memory(cfg)  # last: the sizes it reads are checked above
 
 
 def _check_no_nan(cfg: DictConfig) -> None:
