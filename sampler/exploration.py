@@ -1,4 +1,4 @@
-"""Exploration schedules (config group ``exploration``, SPEC §4).
+"""Exploration schedules (config group ``exploration``, docs/spec.md §4).
 
 A schedule maps the training step to ε, the std of extra per-step displacement noise added in quadrature to the
 forward policy's noise while *sampling* training trajectories (log P_F is still evaluated under the unexplored

@@ -1,4 +1,4 @@
-"""Parallel MALA local search (config group ``local_search``, SPEC §6; Sendera et al. 2024, App. E,
+"""Parallel MALA local search (config group ``local_search``, docs/spec.md §6; Sendera et al. 2024, App. E,
 https://arxiv.org/abs/2402.05098).
 
 A batch of starting points (drawn from the replay buffer) is moved by B independent Metropolis-adjusted Langevin
@@ -6,7 +6,7 @@ chains; the proposals accepted after burn-in, with their log-rewards, are what t
 local-search buffer. The step size η adapts ×1.01 / ×0.99 after every iteration toward the acceptance rate 0.574
 and carries over from one call to the next (and through checkpoints).
 
-Differences from the public reference (GFNOrg/gfn-diffusion ``energy_sampling/langevin.py``), following SPEC:
+Differences from the public reference (GFNOrg/gfn-diffusion ``energy_sampling/langevin.py``), following docs/spec.md:
 η adapts on each iteration's own acceptance rate (the reference uses a stale 5-iteration window) and persists
 across calls (the reference restarts from η0 every call); samples are kept from iteration ``burn_in`` on
 (0-based; the reference starts one later).

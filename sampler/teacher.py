@@ -1,4 +1,4 @@
-"""The pure parts of the adaptive teacher (config group ``teacher``, SPEC §7).
+"""The pure parts of the adaptive teacher (config group ``teacher``, docs/spec.md §7).
 
 Kim et al. 2025, "Adaptive Teachers for Amortized Samplers" (ICLR 2025, https://arxiv.org/abs/2410.01432).
 A second GFlowNet, the *teacher*, is trained to sample where the *student* has a large trajectory-balance error;
@@ -13,7 +13,7 @@ Sign convention (checked against the authors' code, ``alstn12088/adaptive-teache
 (``fwd_tb``/``bwd_tb``) computes ``discrepancy = log r + Σ log P_B − Σ log P_F − log F_0 = −δ`` and gives weight 20
 where ``discrepancy > 0``, i.e. where δ < 0: the student puts less mass on x than the reward asks for
 (under-sampling). ``grid/models/teacher.py`` (``get_teacher_reward``) uses the same ``discrepancy`` with weight
-``1 + C·[discrepancy > 0]``, C = 19. Both agree with SPEC §7.
+``1 + C·[discrepancy > 0]``, C = 19. Both agree with docs/spec.md §7.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def teacher_reward(
     weight: float = 20.0,
     below_threshold: float = 0.0,
 ) -> torch.Tensor:
-    """Teacher reward R_T(x) = log(1 + ε_T + w·½δ²), w = ``weight`` where δ < 0, else 1 (SPEC §7).
+    """Teacher reward R_T(x) = log(1 + ε_T + w·½δ²), w = ``weight`` where δ < 0, else 1 (docs/spec.md §7).
 
     Where ``log_reward < threshold`` (strictly) the term w·½δ² is replaced by ``below_threshold``, so samples
     in regions the target barely weighs carry no teacher reward (the reference replaces it by 1e-12). R_T is a
@@ -82,7 +82,7 @@ def teacher_reward(
 
 
 def teacher_log_reward(r_t: torch.Tensor, log_reward: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """The teacher's training log-reward log R_T(x) + α·log r(x) (SPEC §7, "mix"; α = 0 trains on R_T alone).
+    """The teacher's training log-reward log R_T(x) + α·log r(x) (docs/spec.md §7, "mix"; α = 0 trains on R_T alone).
 
     Args:
         r_t: ``[B]`` teacher rewards from :func:`teacher_reward` (must be > 0).
@@ -119,7 +119,7 @@ def initial_threshold(log_reward: torch.Tensor, quantile: float = 0.9) -> float:
 
 
 class TeacherSchedule:
-    """``phase(step) -> "forward" | "teacher" | "replay"``: the 50/25/25 schedule of SPEC §7, period 4.
+    """``phase(step) -> "forward" | "teacher" | "replay"``: the 50/25/25 schedule of docs/spec.md §7, period 4.
 
     - even steps, ``forward``: on-policy (or explored) student TB;
     - steps ≡ 1 (mod 4), ``teacher``: draw a batch of teacher samples, compute the student's δ on them, add them

@@ -1,4 +1,4 @@
-"""Re-evaluate a checkpoint (SPEC §8): `python scripts/eval.py ckpt=RUN/checkpoints/last.ckpt [K=2000] [seed=N]
+"""Re-evaluate a checkpoint (docs/spec.md §8): `python scripts/eval.py ckpt=RUN/checkpoints/last.ckpt [K=2000] [seed=N]
 [out=metrics_eval.json] [plots=DIR] [device=cpu] [config=RUN/config_resolved.yaml] [trust=my.module.MyEnergy,...]`.
 Prints the metrics as JSON.
 

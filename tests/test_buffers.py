@@ -1,4 +1,4 @@
-"""Replay buffers (SPEC §5): storage and eviction, exact priority weights, fresh draws, checkpoint state."""
+"""Replay buffers (docs/spec.md §5): storage and eviction, exact priority weights, fresh draws, checkpoint state."""
 
 import math
 

@@ -176,7 +176,7 @@ def test_readme_commands_are_the_ones_ci_runs():
 
 @pytest.mark.slow
 def test_multirun_over_seeds_leaves_one_directory_per_seed(tmp_path):
-    # The command, with a tiny budget: `python scripts/train.py loss=subtb energy=funnel -m seed=0,1,2`.
+    # The README's sweep command, with a tiny budget: `python scripts/train.py loss=subtb energy=funnel -m seed=0,1,2`.
     run_script(
         "scripts/train.py",
         "loss=subtb",

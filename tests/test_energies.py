@@ -1,4 +1,4 @@
-"""The continuous targets of SPEC §1: shapes, gradients, normalising constants and exact samplers."""
+"""The continuous targets of docs/spec.md §1: shapes, gradients, normalising constants and exact samplers."""
 
 import math
 
@@ -180,7 +180,7 @@ def test_gmm25_mode_frequencies_pass_a_chi_square_test_against_uniform():
 
 
 def test_gmm25_sampler_is_not_stratified():
-    # A stratified sampler returns exactly n/25 per mode (the reference's defect, SPEC §1); multinomial counts
+    # A stratified sampler returns exactly n/25 per mode (the reference's defect, docs/spec.md §1); multinomial counts
     # fluctuate by about √1000 ≈ 32.
     counts = _gmm25_mode_counts(seed=0)
     assert len(set(counts.tolist())) > 1

@@ -1,4 +1,4 @@
-"""Exploration schedules (SPEC §4): ε(step) values, and that the config group builds each one."""
+"""Exploration schedules (docs/spec.md §4): ε(step) values, and that the config group builds each one."""
 
 import math
 

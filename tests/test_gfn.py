@@ -1,4 +1,4 @@
-"""The diffusion GFlowNet (SPEC §2) on the one target where the answer is known in closed form, plus its rollout
+"""The diffusion GFlowNet (docs/spec.md §2) on the one target where the answer is known in closed form, plus its rollout
 contract: shapes, backward trajectories, random generators and exploration.
 
 For the target N(0, σ²·I) the zero-drift forward process with per-step variance σ²·dt ends exactly at the

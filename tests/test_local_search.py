@@ -1,4 +1,4 @@
-"""Parallel MALA local search (SPEC §6): stationarity, step-size adaptation, reproducibility, checkpoint state."""
+"""Parallel MALA local search (docs/spec.md §6): stationarity, step-size adaptation, reproducibility, checkpoints."""
 
 import io
 import math
@@ -36,7 +36,7 @@ def test_chains_and_returned_samples_match_a_1d_gaussian(gaussian_1d):
     # The MH chains themselves are exact for the target.
     assert mala.last_state.mean().item() == pytest.approx(1.5, abs=0.03)
     assert mala.last_state.var().item() == pytest.approx(0.49, rel=0.06)
-    # The returned accepted proposals follow r(x)·a(x), a(x) = acceptance probability of leaving x (SPEC keeps
+    # The returned accepted proposals follow r(x)·a(x), a(x) = acceptance probability of leaving x (docs/spec.md keeps
     # only accepted proposals, as the paper does): unbiased mean here by symmetry, variance inflated ≲ 15 %.
     assert xs.mean().item() == pytest.approx(1.5, abs=0.02)
     assert xs.var().item() == pytest.approx(0.49, rel=0.2)

@@ -1,8 +1,8 @@
-"""The objectives of SPEC §3, each checked against a float64 reference written as explicit Python loops.
+"""The objectives of docs/spec.md §3, each checked against a float64 reference written as explicit Python loops.
 
 Two kinds of input: random float64 ``Trajectories`` (full length, and padded with a mask as a discrete sampler
 would send them), and real trajectories of :class:`DiffusionGFN`, whose log P_F, log P_B and state flows are
-recomputed here one step at a time from the formulas of SPEC §2 before the losses are compared.
+recomputed here one step at a time from the formulas of docs/spec.md §2 before the losses are compared.
 """
 
 import copy

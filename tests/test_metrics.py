@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC §8): each statistic on cases with a known answer, and ``evaluate`` end to end."""
+"""Evaluation metrics (docs/spec.md §8): each statistic on cases with a known answer, and ``evaluate`` end to end."""
 
 import math
 

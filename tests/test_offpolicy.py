@@ -1,5 +1,5 @@
-"""Off-policy training in the platform (SPEC §5–§7): buffers fed by forward steps and replayed by backward steps,
-local search, the adaptive teacher's schedule, the paper presets, and that all of it survives a resume."""
+"""Off-policy training in the platform (docs/spec.md §5–§7): buffers fed by forward steps and replayed by backward
+steps, local search, the adaptive teacher's schedule, the paper presets, and that all of it survives a resume."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""Issue-3 quality targets at short budgets, seed 0 (slow: minutes each on 2 CPU cores; `pytest -m slow`).
+"""Quality targets at short budgets, seed 0 (slow: minutes each on 2 CPU cores; `pytest -m slow`).
 
 Each target beats the published reference code run on this machine kind at the same settings and budget
 (its figures in the comments). These protect the *combination* — objective, exploration, buffers, local search,
 Langevin parametrisation, log Z initialisation — not any single function.
 
-Three of the four targets are not met by the published rows at these budgets (README, "Off-policy training and
-paper presets"): they are strict xfails, so a change that meets one shows up as a failure (XPASS) and the mark
+Three of the four targets are not met by the published rows at these budgets (docs/results.md,
+"Short-budget findings"): they are strict xfails, so a change that meets one shows up as a failure (XPASS) and the mark
 must then go.
 """
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 COMMON = ["trainer.enable_progress_bar=false", "eval.plots=false", "seed=0"]
 
 
-# The issue's 2000-step targets for TB + Expl. + LS, shared by the 2000- and 6000-step tests.
+# The 2000-step targets for TB + Expl. + LS, shared by the 2000- and 6000-step tests.
 GMM25_LS_TARGETS = {"dlogZ_rw": 0.07, "dlogZ": 1.0, "w2": 2.5, "-mode_coverage": -1.0}
 MANYWELL_LS_TARGETS = {"dlogZ_rw": 5.0, "dlogZ": 40.0}
 
@@ -66,7 +66,7 @@ def test_short_budget_quality_beats_the_reference(tmp_path, experiment, energy, 
     _check(_train(tmp_path, experiment, energy, steps), bounds)
 
 
-# The issue's 2000-step targets for the published TB + Expl. + LS row, which it reaches at 2.5-3x the budget (the
+# The 2000-step targets for the published TB + Expl. + LS row, which it reaches at 2.5-3x the budget (the
 # exploration then decays over the first 3000 steps). Measured, 1 thread: gmm25 0.28 / 0.023 / 1.70 with 25/25 modes,
 # many-well 31.1 / 3.26 (about 10 minutes together on 2 cores).
 @pytest.mark.parametrize(

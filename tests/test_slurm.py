@@ -106,8 +106,8 @@ def table_column(markdown: str, name: str) -> list[str]:
     return [row[column] for row in rows[2:]]  # after the header and the |---| line
 
 
-def test_slurm_sweep_of_the_issue_leaves_one_run_directory_per_job(tmp_path, slurm_cluster):
-    # The issue's command with a tiny budget: `train.py -m launcher=slurm loss=tb,subtb energy=gmm25 seed=0,1,2`.
+def test_slurm_sweep_of_tb_and_subtb_over_three_seeds_leaves_one_run_directory_per_job(tmp_path, slurm_cluster):
+    # A README sweep with a tiny budget: `train.py -m launcher=slurm loss=tb,subtb energy=gmm25 seed=0,1,2`.
     run_script(
         "scripts/train.py",
         "-m",

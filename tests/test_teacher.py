@@ -1,4 +1,4 @@
-"""The adaptive teacher's pure parts (SPEC §7), each checked against a float64 reference written per element."""
+"""The adaptive teacher's pure parts (docs/spec.md §7), each checked against a float64 reference written per element."""
 
 import math
 
@@ -37,7 +37,7 @@ def _random_traj(seed: int = 0, scalar_log_Z: bool = False, masked: bool = False
 
 
 def _ref_teacher_reward(delta, log_reward, threshold, eps=1e-3, weight=20.0, below=0.0):
-    """SPEC §7, one sample at a time in Python floats."""
+    """docs/spec.md §7, one sample at a time in Python floats."""
     out = []
     for d, lr in zip(delta.tolist(), log_reward.tolist(), strict=True):
         w = weight if d < 0 else 1.0

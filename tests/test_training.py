@@ -1,5 +1,5 @@
 """The training platform end to end: every loss × energy composes, seeds, config errors, non-finite faults,
-the learning and mode checks of the foundation issue."""
+the learning and mode checks."""
 
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ def test_a_shifted_anisotropic_gaussian_is_learned(tiny_cfg):
 
 
 def test_gmm9_modes_are_all_found_by_langevin_tb(tiny_cfg):
-    # The foundation issue's mode check: 9/9 modes of gmm9 and dlogZ_rw <= 0.1 within minutes on 2 CPU cores.
+    # The mode check: 9/9 modes of gmm9 and dlogZ_rw <= 0.1 within minutes on 2 CPU cores.
     cfg = tiny_cfg(
         "energy=gmm9",
         "model=lp",

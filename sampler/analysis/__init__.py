@@ -2,7 +2,7 @@
 tabulate and plot them across seeds (:mod:`~sampler.analysis.summary`), diff two runs
 (:mod:`~sampler.analysis.diff`), and re-run one to check its metrics (:mod:`~sampler.analysis.reproduce`).
 
-Everything here reads the run-directory contract of DESIGN.md (``config_resolved.yaml``, ``manifest.json``,
+Everything here reads the run-directory contract of docs/design.md (``config_resolved.yaml``, ``manifest.json``,
 ``metrics.json``, ``metrics.csv``, ``.hydra/``) with plain Python, so ``summarize.py`` and ``diff_runs.py`` answer
 without importing torch or Lightning; only a reproduction trains.
 """

@@ -1,4 +1,4 @@
-"""Replay buffers of terminal states (config group ``buffer``, SPEC §5) and the registry configs name them by.
+"""Replay buffers of terminal states (config group ``buffer``, docs/spec.md §5) and the registry configs name them by.
 
 ``uniform`` samples stored entries uniformly, ``reward`` ∝ exp(β·key), ``rank`` / ``per`` ∝ 1/(k·N + rank).
 """

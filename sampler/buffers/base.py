@@ -1,4 +1,4 @@
-"""The replay buffer of terminal states (config group ``buffer``, SPEC §5), with uniform priorities.
+"""The replay buffer of terminal states (config group ``buffer``, docs/spec.md §5), with uniform priorities.
 
 Storage is preallocated: states ``[capacity, d]``, keys ``[capacity]`` (log-reward or another priority key) and
 insertion ids ``[capacity]``; the stored entries always occupy slots ``[0, len)``. Every ``sample`` call draws

@@ -1,4 +1,4 @@
-"""Rank-prioritised replay (Tripp et al. 2020; SPEC §5, ``buffer=rank`` / ``buffer=per``).
+"""Rank-prioritised replay (Tripp et al. 2020; docs/spec.md §5, ``buffer=rank`` / ``buffer=per``).
 
 Entry of rank ρ (ρ = 0 for the highest key, ties broken by insertion order, older first) gets weight
 1 / (k·N + ρ) with N the current size; the paper uses k = 0.01.

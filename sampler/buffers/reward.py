@@ -1,4 +1,4 @@
-"""Reward-prioritised replay: weight ∝ exp(β·key) (SPEC §5, ``buffer=reward``)."""
+"""Reward-prioritised replay: weight ∝ exp(β·key) (docs/spec.md §5, ``buffer=reward``)."""
 
 from __future__ import annotations
 

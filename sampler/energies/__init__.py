@@ -1,4 +1,4 @@
-"""Continuous target densities (SPEC §1) and the registry ``ENERGIES`` that configs name them by."""
+"""Continuous target densities (docs/spec.md §1) and the registry ``ENERGIES`` that configs name them by."""
 
 from sampler.energies.base import Energy, NonFiniteRewardError, check_finite
 from sampler.energies.funnel import EasyFunnel, Funnel, HardFunnel

@@ -1,4 +1,4 @@
-"""The target-density protocol every energy implements (SPEC §1).
+"""The target-density protocol every energy implements (docs/spec.md §1).
 
 A target is an unnormalised density r(x) = exp(-E(x)) on R^d. Subclass :class:`Energy`, implement
 ``log_reward`` (and, where you can, ``sample`` and an analytic ``log_reward_and_grad``), then point the config at

@@ -1,4 +1,4 @@
-"""Neal's funnel (SPEC §1): x0 ~ N(0, s²), x1..x_{d-1} | x0 ~ N(0, e^{x0}).
+"""Neal's funnel (docs/spec.md §1): x0 ~ N(0, s²), x1..x_{d-1} | x0 ~ N(0, e^{x0}).
 
 The density is normalised (``log_Z = 0``) and has an exact sampler. ``Funnel`` (= ``HardFunnel``, s = 3) is the
 benchmark of Sendera et al.; ``EasyFunnel`` (s = 1) is the one older papers used — numbers are not comparable.

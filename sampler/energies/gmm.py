@@ -1,4 +1,4 @@
-"""Equal-weight isotropic Gaussian mixtures: the 9-, 25- and 40-mode 2-D benchmarks (SPEC §1).
+"""Equal-weight isotropic Gaussian mixtures: the 9-, 25- and 40-mode 2-D benchmarks (docs/spec.md §1).
 
 The density is normalised, so ``log_Z = 0``. ``log_reward_and_grad`` is closed-form (softmax responsibilities), and
 ``sample`` draws each sample's mode independently from a uniform categorical — not n/M per mode, the stratified

@@ -1,4 +1,4 @@
-"""Many-well (SPEC §1): d/2 independent 2-D double wells on the coordinate pairs (x_{2k}, x_{2k+1}).
+"""Many-well (docs/spec.md §1): d/2 independent 2-D double wells on the coordinate pairs (x_{2k}, x_{2k+1}).
 
 For one pair (a, b): log r = -a⁴ + 6a² + 0.5a - 0.5b², i.e. an asymmetric double well in a (modes near ±1.7, the
 right one ≈ 5.5× heavier) times an unnormalised standard Gaussian in b. The 2^{d/2} modes make it a mode-coverage

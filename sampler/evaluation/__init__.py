@@ -1,4 +1,4 @@
-"""Evaluation of samplers (SPEC §8): metrics and figures."""
+"""Evaluation of samplers (docs/spec.md §8): metrics and figures."""
 
 from sampler.evaluation.metrics import (
     effective_sample_size,

@@ -1,4 +1,4 @@
-"""Evaluation of a trained sampler against its target (SPEC §8): log Z bounds, ESS, and sample metrics.
+"""Evaluation of a trained sampler against its target (docs/spec.md §8): log Z bounds, ESS, and sample metrics.
 
 ``evaluate`` is the one entry point the training loop calls; the other functions are the individual statistics,
 each a pure function of tensors so that scripts and tests can use them on their own.
@@ -115,7 +115,7 @@ def wasserstein2(x: torch.Tensor, y: torch.Tensor) -> float:
     """Exact 2-Wasserstein distance between two empirical distributions with uniform weights.
 
     ``sqrt(ot.emd2(uniform, uniform, C))`` with ``C_ij = ‖x_i − y_j‖²``, in float64. This is W2, not W2²
-    (SPEC §8: the paper's column is labelled W2² but its code takes the square root).
+    (docs/spec.md §8: the paper's column is labelled W2² but its code takes the square root).
 
     Args:
         x: ``[N, d]`` samples.
@@ -293,7 +293,7 @@ def w2_floor(energy: Energy, K: int, seed: int) -> float:
 def evaluate(
     gfn: Any, energy: Energy, K: int = 2000, generator: torch.Generator | None = None, seed: int = 0
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """All metrics of SPEC §8 for one sampler, from K forward trajectories without exploration.
+    """All metrics of docs/spec.md §8 for one sampler, from K forward trajectories without exploration.
 
     Keys (flat, python floats): ``log_Z_elbo log_Z_rw ess eval_K`` always; ``log_Z_learned`` when the
     trajectories carry a learned log Z (its mean if per-trajectory); ``dlogZ dlogZ_rw`` when ``energy.log_Z`` is

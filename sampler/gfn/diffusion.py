@@ -1,4 +1,4 @@
-"""The diffusion sampler as a GFlowNet (Sendera et al. 2024, https://arxiv.org/abs/2402.05098; SPEC §2).
+"""The diffusion sampler as a GFlowNet (Sendera et al. 2024, https://arxiv.org/abs/2402.05098; docs/spec.md §2).
 
 The forward process starts at s_0 = 0 and takes T Gaussian steps
 ``P_F(s_{i+1}|s_i) = N(s_i + dt·μ_θ(s_i, t_i), dt·σ²·e^{v_θ}·I)``; the backward process is the Brownian

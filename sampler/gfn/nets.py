@@ -1,4 +1,4 @@
-"""Policy, flow and Langevin-scaling networks of the diffusion sampler (SPEC §2).
+"""Policy, flow and Langevin-scaling networks of the diffusion sampler (docs/spec.md §2).
 
 Every network splits into a *time* part, evaluated once for a whole grid of times ``[T, H]``, and a *state*
 part evaluated on ``[..., B, d]`` states, so a rollout never embeds the same time B times.

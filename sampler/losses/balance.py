@@ -1,4 +1,4 @@
-"""Balance objectives: trajectory balance, VarGrad, detailed balance, sub-trajectory balance (SPEC §3).
+"""Balance objectives: trajectory balance, VarGrad, detailed balance, sub-trajectory balance (docs/spec.md §3).
 
 Every function is pure: it reads a :class:`Trajectories` batch and returns a per-trajectory loss ``[B]``.
 Padded steps of discrete trajectories (``traj.mask``) are ignored, so the same code serves the diffusion

@@ -1,4 +1,4 @@
-"""Objectives that are not balance conditions: the PIS KL objective and maximum likelihood (SPEC §3)."""
+"""Objectives that are not balance conditions: the PIS KL objective and maximum likelihood (docs/spec.md §3)."""
 
 from __future__ import annotations
 

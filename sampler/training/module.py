@@ -1,4 +1,4 @@
-"""The LightningModule that trains a GFlowNet sampler: phase → trajectories → loss → optimise (DESIGN.md).
+"""The LightningModule that trains a GFlowNet sampler: phase → trajectories → loss → optimise (docs/design.md).
 
 All sampling noise comes from the module's own ``torch.Generator``, whose state is saved in the checkpoint
 with the step counter, so a resumed run is bit-identical to an uninterrupted one on CPU. So is the energy's count
@@ -34,7 +34,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def build_energy(cfg: DictConfig) -> Energy:
-    """Instantiate ``cfg.energy`` and check it implements the protocol (SPEC §1)."""
+    """Instantiate ``cfg.energy`` and check it implements the protocol (docs/spec.md §1)."""
     target = cfg.energy.get("_target_")
     try:
         energy = instantiate(cfg.energy)

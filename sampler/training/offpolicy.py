@@ -1,4 +1,4 @@
-"""Off-policy machinery of a training run (SPEC §5–§7): the replay buffer that forward steps fill, the local
+"""Off-policy machinery of a training run (docs/spec.md §5–§7): the replay buffer that forward steps fill, the local
 search that refines buffer samples, and where backward steps take their terminal states from.
 
 All state is tensors (buffers, MALA step size, the PER threshold), saved in the checkpoint by the module.
@@ -14,7 +14,7 @@ from sampler.gfn.trajectories import Trajectories
 from sampler.local_search import MALA
 from sampler.teacher import initial_threshold, student_delta, teacher_reward
 
-THRESHOLD_SAMPLES = 500  # student samples whose 0.9-quantile of log r is the PER/teacher threshold (SPEC §7)
+THRESHOLD_SAMPLES = 500  # student samples whose 0.9-quantile of log r is the PER/teacher threshold (docs/spec.md §7)
 
 
 class OffPolicy:
@@ -52,7 +52,7 @@ class OffPolicy:
         self.quantile = float(cfg.teacher.get("quantile", 0.9))
 
     def ensure_threshold(self, gfn, generator: torch.Generator) -> float:
-        """The log-reward threshold of R_T: the quantile of log r over 500 initial student samples (SPEC §7)."""
+        """The log-reward threshold of R_T: the quantile of log r over 500 initial student samples (docs/spec.md §7)."""
         if self.threshold is None:
             with torch.no_grad():
                 probe = gfn.rollout_forward(THRESHOLD_SAMPLES, generator=generator)

@@ -1,4 +1,4 @@
-"""Which kind of trajectories each training step uses (SPEC §3): the phase schedule.
+"""Which kind of trajectories each training step uses (docs/spec.md §3): the phase schedule.
 
 ``forward``: on-policy or explored rollouts; ``backward``: Brownian-bridge trajectories from target terminal
 states (exact samples now; replay and local-search buffers plug in through ``train.backward_source``);

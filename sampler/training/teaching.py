@@ -1,4 +1,4 @@
-"""The adaptive teacher inside a training run (SPEC §7; Kim et al. 2025, https://arxiv.org/abs/2410.01432).
+"""The adaptive teacher inside a training run (docs/spec.md §7; Kim et al. 2025, https://arxiv.org/abs/2410.01432).
 
 The teacher is a second diffusion GFN (same architecture, no Langevin term) trained with TB, on the student's
 terminal states of every step, towards the log-reward ``log R_T(x) + α·log r(x)``, where R_T grows with the
