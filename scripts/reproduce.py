@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     try:
         source, out = check_reproducible(args.run, args.out)  # before importing torch and Lightning
         trust = [name.strip() for value in args.trust for name in value.split(",") if name.strip()]
-        from sampler.training.run import USER_ERRORS
+        from sampler.training.run import USER_ERRORS, TrainingInterrupted
 
         try:
             check_trusted(source, trust)
@@ -49,6 +49,9 @@ def main(argv: list[str]) -> int:
             result = reproduce(args.run, out, args.rtol, args.atol, trust)
         except USER_ERRORS as err:
             raise UsageError(str(err)) from err
+        except TrainingInterrupted as stopped:  # SIGTERM/SIGINT: checkpoint saved, the same command resumes
+            print(f"error: {stopped}", file=sys.stderr)
+            return stopped.exit_status
     except (NotARunError, ReproduceError) as err:
         raise UsageError(str(err)) from err
     print(format_reproduction(result))

@@ -1,8 +1,12 @@
-"""The run callback: training rows in ``metrics.csv``, periodic evaluation with plots, atomic checkpoints."""
+"""The run callback: training rows in ``metrics.csv``, periodic evaluation with plots, atomic checkpoints, and a
+clean stop (checkpoint first) when the process is asked to terminate (:class:`StopSignals`)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -11,8 +15,9 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from sampler.evaluation import evaluate, plot_samples
-from sampler.training.checkpointing import save_atomic
+from sampler.training.checkpointing import LAST, save_atomic
 from sampler.training.loggers import RunLog
+from sampler.training.manifest import named_write_error
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +64,65 @@ def run_evaluation(
     return metrics, samples
 
 
+class StopSignals:
+    """SIGTERM and SIGINT (Ctrl-C) ask the run to stop after the training step in progress, with a checkpoint.
+
+    Used as a context manager around a run. A signal whose handler is not the default one on entry is left alone:
+    under submitit the SIGTERM/SIGUSR2 handlers are submitit's, which requeue the job. The handler only records
+    the signal (:attr:`received`) and restores the default action for it, so the same signal a second time ends
+    the process at once. The previous handlers are restored on exit.
+    """
+
+    #: The handlers a run may replace: the defaults (Python's own for SIGINT raises ``KeyboardInterrupt``).
+    DEFAULTS = {signal.SIGTERM: (signal.SIG_DFL,), signal.SIGINT: (signal.SIG_DFL, signal.default_int_handler)}
+
+    def __init__(self):
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            for sig, defaults in self.DEFAULTS.items():
+                if signal.getsignal(sig) in defaults:
+                    self._previous[sig] = signal.getsignal(sig)
+        self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def install(self) -> None:
+        """(Re)claim the signals this run owns. Lightning's ``fit`` wraps SIGTERM in its own handler, whose
+        ``SIGTERMException`` would end the run with status 0 and no checkpoint, so the run callback calls this
+        again once training starts."""
+        for sig in self._previous:
+            if sig != self.received:
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        sig = signal.Signals(signum)
+        if self.received == sig:  # the same signal again (after Lightning put this handler back): die now
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+            return
+        signal.signal(sig, signal.SIG_DFL)
+        if self.received is None:
+            self.received = sig
+        log.warning(
+            "%s received: the run stops after this training step, with a checkpoint (send it again to stop at once)",
+            sig.name,
+        )
+
+
 class RunCallback(L.Callback):
     """Writes training rows (to ``metrics.csv`` and the logger) every ``log_every`` steps, evaluates every
     ``eval_every`` steps (not the last one: ``train`` does the final evaluation) and checkpoints every
-    ``ckpt_every`` steps and at the end."""
+    ``ckpt_every`` steps and at the end.
+
+    With ``stop`` (a :class:`StopSignals`), a signal received during a step ends training after that step: a
+    checkpoint at the step, then ``interrupted = (signal, step)`` and ``trainer.should_stop``.
+    """
 
     def __init__(
         self,
@@ -74,10 +134,17 @@ class RunCallback(L.Callback):
         eval_K: int,
         ckpt_every: int,
         plots: bool = True,
+        stop: StopSignals | None = None,
     ):
         self.run_dir, self.runlog, self.steps = run_dir, runlog, steps
         self.log_every, self.eval_every, self.eval_K = log_every, eval_every, eval_K
         self.ckpt_every, self.plots = ckpt_every, plots
+        self.stop = stop
+        self.interrupted: tuple[signal.Signals, int] | None = None
+
+    def on_train_start(self, trainer, module):
+        if self.stop is not None:
+            self.stop.install()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         step = trainer.global_step  # steps completed
@@ -94,8 +161,30 @@ class RunCallback(L.Callback):
             self.runlog.append(step, "eval", metrics)
             self.runlog.image("samples", plot, step)
             log.info("step %d: %s", step, _summary(metrics))
-        if step % self.ckpt_every == 0 or step == self.steps:
-            save_atomic(trainer, self.run_dir / "checkpoints")
+        saved = step % self.ckpt_every == 0 or step == self.steps
+        if saved:
+            save_checkpoint(trainer, self.run_dir / "checkpoints")
+        if self.stop is not None and self.stop.received is not None:
+            if not saved:
+                save_checkpoint(trainer, self.run_dir / "checkpoints")
+            self.interrupted = (self.stop.received, step)
+            trainer.should_stop = True
+
+
+def save_checkpoint(trainer, directory: Path) -> Path:
+    """:func:`~sampler.training.checkpointing.save_atomic`, whose write errors name ``directory/last.ckpt``.
+
+    Args:
+        trainer: the Lightning trainer to save.
+        directory: the run's ``checkpoints`` directory.
+
+    Returns:
+        The path of the new ``last.ckpt``.
+    """
+    try:
+        return save_atomic(trainer, directory)
+    except OSError as err:
+        raise named_write_error(err, directory / LAST) from err
 
 
 def _summary(m: dict) -> str:

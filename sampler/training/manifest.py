@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -92,7 +93,49 @@ def build_manifest(seed: int, device: str) -> dict:
     }
 
 
+def named_write_error(err: OSError, path: Path) -> OSError:
+    """``err`` naming ``path``: a failed ``write`` carries no file name, and a failed write of a temporary file
+    beside ``path`` is a failure to write ``path``.
+
+    Args:
+        err: the error raised while writing ``path``.
+        path: the file being written.
+
+    Returns:
+        ``err`` itself when it names another file (a directory that could not be created, say), else an
+        ``OSError`` with the same errno naming ``path``.
+    """
+    beside = [f for f in (err.filename, err.filename2) if f is not None and Path(f).parent == path.parent]
+    if err.filename is not None and not beside:  # (a copy names its source first, its target second)
+        return err
+    return OSError(err.errno, err.strerror or os.strerror(err.errno or 0), str(path))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that it is never half-written: write ``path.tmp``, fsync, rename.
+
+    Args:
+        path: the file to write.
+        data: its new content.
+
+    Raises:
+        OSError: naming ``path`` (a full disk, a read-only file system); the temporary file is removed.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise named_write_error(err, path) from err
+        raise
+
+
 def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    """Write ``obj`` to ``path`` as indented JSON, atomically (:func:`write_atomic`)."""
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())

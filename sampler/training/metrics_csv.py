@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
+import logging
+import os
 from pathlib import Path
+
+from sampler.training.manifest import named_write_error, write_atomic
+
+log = logging.getLogger(__name__)
 
 #: Column order; evaluation keys follow SPEC §8.
 TRAIN_KEYS = (
@@ -28,6 +36,7 @@ TRAIN_KEYS = (
     "share_backward",
     "share_teacher",
     "share_replay",
+    "n_energy_calls",  # log-reward evaluations by training so far (also in evaluation rows: the same column)
 )
 EVAL_KEYS = (
     "log_Z_elbo",
@@ -36,11 +45,14 @@ EVAL_KEYS = (
     "dlogZ",
     "dlogZ_rw",
     "eubo",
+    "elbo_eubo_gap",
     "ess",
     "w2",
     "w2_floor",
     "mmd",
     "mode_coverage",
+    "mode_weight_tv",
+    "entropic_mode_coverage",
     "eval_K",
     "eval_s",
 )
@@ -48,30 +60,70 @@ COLUMNS = ("step", "kind") + TRAIN_KEYS + EVAL_KEYS
 
 
 class MetricsCSV:
-    """Append-only CSV with a fixed header; ``truncate(step)`` drops rows written after a checkpoint's step."""
+    """Append-only CSV with a fixed header; ``truncate(step)`` drops rows written after a checkpoint's step.
+
+    Every write leaves the file whole: a rewrite goes through a temporary file, and an append that fails (a full
+    disk) is cut back to the previous end. Reading skips lines that are not rows of this file (a line cut short
+    by a kill, a damaged file).
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
+    def _parse(self) -> tuple[list[dict[str, str]], int]:
+        """``(rows, n_bad)``: the readable rows, and how many non-empty lines were not rows."""
+        try:
+            with self.path.open(newline="", encoding="utf-8", errors="replace") as f:
+                lines = f.read().split("\n")
+        except FileNotFoundError:
+            return [], 0
+        *complete, partial = lines  # text after the last newline is a row whose write was cut short
+        complete = [line.removesuffix("\r") for line in complete]
+        header = _fields(complete[0]) if complete else None
+        if header is None or "step" not in header or "kind" not in header:
+            return [], sum(1 for line in lines if line.strip())
+        rows, bad = [], int(bool(partial.strip()))
+        for line in complete[1:]:
+            fields = _fields(line)
+            row = dict(zip(header, fields)) if fields is not None and len(fields) == len(header) else None
+            if row is None or not row["step"].isdigit() or row["kind"] not in ("train", "eval"):
+                bad += bool(line.strip())
+                continue
+            rows.append(row)
+        return rows, bad
+
     def _rows(self) -> list[dict[str, str]]:
-        if not self.path.exists():
-            return []
-        with self.path.open(newline="") as f:
-            return list(csv.DictReader(f))
+        return self._parse()[0]
 
     def _rewrite(self, rows: list[dict]) -> None:
-        tmp = self.path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(self.path)
+        out = io.StringIO(newline="")
+        w = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        write_atomic(self.path, out.getvalue().encode())
 
-    def truncate(self, step: int) -> None:
-        """Keep training rows with step ≤ ``step`` and evaluation rows with step < ``step`` (re-done on resume)."""
-        rows = self._rows()
-        keep = [r for r in rows if int(r["step"]) < step or (int(r["step"]) == step and r["kind"] == "train")]
+    def truncate(self, step: int) -> int:
+        """Keep the rows with step ≤ ``step`` (the checkpoint's: its evaluation, if any, was written before it) and
+        drop unreadable lines, with a warning.
+
+        Args:
+            step: the step of the checkpoint the run resumes from.
+
+        Returns:
+            The number of unreadable lines dropped.
+        """
+        rows, bad = self._parse()
+        keep = [r for r in rows if int(r["step"]) <= step]
+        if bad:
+            log.warning(
+                "%s: dropped %d unreadable line(s) (a write cut short, or a damaged file); kept %d rows up to step %d",
+                self.path,
+                bad,
+                len(keep),
+                step,
+            )
         self._rewrite(keep)
+        return bad
 
     def reset(self) -> None:
         self._rewrite([])
@@ -82,11 +134,25 @@ class MetricsCSV:
             rows = [r for r in self._rows() if not (int(r["step"]) == step and r["kind"] == kind)]
             self._rewrite(rows + [row])
             return
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore").writerow(row)
+        size = self.path.stat().st_size
+        try:
+            with self.path.open("a", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore").writerow(row)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)  # no half-written row
+            raise named_write_error(err, self.path) from err
 
     def read(self) -> list[dict[str, str]]:
         return self._rows()
+
+
+def _fields(line: str) -> list[str] | None:
+    """The fields of one CSV line, or ``None`` when it is not one (a NUL byte, an unterminated quote)."""
+    try:
+        return next(csv.reader([line], strict=True), None)
+    except csv.Error:
+        return None
 
 
 def _fmt(v):
