@@ -106,12 +106,15 @@ def test_evaluate_reports_a_perfect_sampler(sigma2, d, flow):
     metrics, samples = evaluate(_exact_gfn(energy, sigma2, flow), energy, K=256, seed=0)
     assert samples.shape == (256, d)
     assert set(metrics) == set(
-        "log_Z_elbo log_Z_rw log_Z_learned dlogZ dlogZ_rw ess eubo w2 w2_floor mmd eval_K".split()
+        "log_Z_elbo log_Z_rw log_Z_learned dlogZ dlogZ_rw ess eubo elbo_eubo_gap w2 w2_floor mmd n_energy_calls "
+        "eval_K".split()
     )
+    assert metrics["n_energy_calls"] == 0  # nothing trained; evaluation's own calls are not counted
     assert metrics["ess"] == pytest.approx(1.0, abs=1e-6)
     assert metrics["dlogZ"] < 1e-4 and metrics["dlogZ_rw"] < 1e-4
     assert metrics["log_Z_elbo"] == pytest.approx(LOG_Z, abs=1e-4)
     assert metrics["eubo"] == pytest.approx(LOG_Z, abs=1e-4)  # the bridge is the exact posterior
+    assert metrics["elbo_eubo_gap"] == pytest.approx(0.0, abs=2e-4)  # no gap for an exact sampler
     # log F(s_0): the scalar parameter; a zero network; for FL, plus (1 − 0)·log N(0; 0, σ²·max(1, 0)·dt·I)
     learned = {"scalar": LOG_Z, "conditional": 0.0, "forward_looking": -0.5 * d * math.log(2 * math.pi * sigma2 / T)}
     assert metrics["log_Z_learned"] == pytest.approx(learned[flow], abs=1e-5)

@@ -266,8 +266,20 @@ def test_a_different_config_is_refused_before_anything_is_written(tmp_path, caps
     assert snapshot(run_dir, but=OWN_LOCK) == before
 
 
+@pytest.fixture
+def default_signal_handlers():
+    """The handlers a fresh ``python scripts/train.py`` starts with (earlier tests in the same pytest process may have
+    left others installed, e.g. by libraries that register their own); restored afterwards."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
 # ------------------------------------------------------------------------------------------------ SIGTERM, Ctrl-C
-def test_stop_signals_take_only_default_handlers_and_a_second_signal_is_the_default_again():
+def test_stop_signals_take_only_default_handlers_and_a_second_signal_is_the_default_again(default_signal_handlers):
     seen = []
 
     def requeue(signum, frame):  # as submitit's handler: not ours to replace
@@ -306,7 +318,7 @@ def wait_until(condition, timeout: float = 10.0) -> None:
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_same_command_resumes_bit_for_bit(
-    tmp_path, capsys, monkeypatch, sig, status
+    tmp_path, capsys, monkeypatch, sig, status, default_signal_handlers
 ):
     cfg = compose_cfg([*SHARED, *SIGNALING], tmp_path / "uninterrupted")
     reference, _ = train(cfg)
