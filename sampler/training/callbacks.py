@@ -35,7 +35,7 @@ def samples_plot(run_dir: Path, step: int, plots: bool = True) -> Path | None:
 def run_evaluation(
     module, step: int, K: int, plot_path: Path | None = None, noise_seed: int | None = None, title: str | None = None
 ):
-    """Evaluate ``module.gfn`` at ``step`` (SPEC §8), optionally plotting samples to ``plot_path``.
+    """Evaluate ``module.gfn`` at ``step`` (docs/spec.md §8), optionally plotting samples to ``plot_path``.
 
     The evaluation noise is seeded with ``noise_seed``, by default :func:`eval_seed` of the run's seed and the step,
     so re-evaluating a checkpoint reproduces the run's own evaluation at that step.

@@ -13,7 +13,7 @@ from sampler.training.manifest import named_write_error, write_atomic
 
 log = logging.getLogger(__name__)
 
-#: Column order; evaluation keys follow SPEC §8.
+#: Column order; evaluation keys follow docs/spec.md §8.
 TRAIN_KEYS = (
     "loss",
     "loss_forward",  # with several phase kinds: the latest loss of each
