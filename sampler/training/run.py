@@ -1,6 +1,6 @@
 """``train(cfg)``: one complete run in its run directory — the function ``scripts/train.py`` wraps.
 
-Run-directory contract (DESIGN.md): ``config_resolved.yaml``, ``manifest.json``, ``metrics.csv``,
+Run-directory contract (docs/design.md): ``config_resolved.yaml``, ``manifest.json``, ``metrics.csv``,
 ``metrics.json`` (final evaluation), ``checkpoints/last.ckpt``, ``samples.pt``, ``plots/*.png``, and ``.hydra/``
 under Hydra. Starting the same command again in the same directory resumes from ``checkpoints/last.ckpt``.
 
