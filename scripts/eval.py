@@ -7,7 +7,6 @@ By default the evaluation noise is the run's own at the checkpoint's step, so re
 ``_target_``s must be the platform's own classes or named in ``trust=``: building them runs their code."""
 
 import json
-import os
 from pathlib import Path
 
 from sampler.cli import (
@@ -55,10 +54,10 @@ def main(argv: list[str]) -> int:
     )
     text = json.dumps(metrics, indent=2)
     if out is not None:
+        from sampler.training.manifest import write_atomic
+
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        tmp.write_text(text + "\n")
-        tmp.replace(out)  # never a half-written file
+        write_atomic(out, (text + "\n").encode())  # never a half-written file
     print(text)
     return 0
 

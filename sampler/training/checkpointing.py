@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from sampler.training.manifest import write_atomic
+
 log = logging.getLogger(__name__)
 
 LAST, PREVIOUS, SUMS = "last.ckpt", "previous.ckpt", "SHA256SUMS"
@@ -61,16 +63,7 @@ def read_sums(directory: Path) -> dict[str, str] | None:
 
 def _write_sums(directory: Path, entries: dict[str, str]) -> None:
     """Replace ``directory/SHA256SUMS`` with ``entries`` (``{digest: name}``) atomically."""
-    path, tmp = directory / SUMS, directory / (SUMS + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.writelines(f"{digest}  {name}\n" for digest, name in entries.items())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(directory / SUMS, "".join(f"{digest}  {name}\n" for digest, name in entries.items()).encode())
     _fsync_dir(directory)
 
 
