@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-from conftest import weighted_rollout_loss
 
 from sampler.energies.gaussian import DiagonalGaussian
 from sampler.evaluation import evaluate
@@ -259,79 +258,3 @@ def test_a_compiled_policy_gives_the_eager_losses_and_gradients():
         grads.append(torch.cat([p.grad.flatten() for p in gfn.policy.parameters()]))
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    "options",
-    [
-        {},
-        {"learned_variance": False},
-        {"langevin": True},
-        {"langevin": True, "langevin_per_dim": True},
-        {"arch": "mlp"},
-    ],
-    ids=["learned_var", "fixed_var", "lp", "lp_per_dim", "mlp"],
-)
-def test_the_fused_sampling_loop_takes_the_steps_of_the_policy(options):
-    # The no-autograd loop (fused layers, time folded into the first bias, in-place std) must move the states
-    # exactly as the module's own policy does with the same noise: compare it with the step-by-step autograd loop.
-    from sampler.energies import GMM9
-
-    torch.manual_seed(1)
-    gfn = DiffusionGFN(GMM9(), T=12, t_scale=5.0, hidden_dim=16, zero_init=False, **options)
-    _, t_emb, g = gfn._time_grid()
-    with torch.no_grad():
-        fast, G_fast, _, log_pf_fast = gfn._sample_states(50, t_emb, g, 0.3**2, torch.Generator().manual_seed(7), True)
-    slow, G_slow, _, _ = gfn._rollout_reparam(50, t_emb, g, 0.3**2, torch.Generator().manual_seed(7))
-    torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
-    # without autograd, log P_F comes from the loop's own outputs; it must equal the batched recomputation
-    torch.testing.assert_close(log_pf_fast, gfn._log_pf(fast, t_emb, g, G_fast).detach(), rtol=1e-5, atol=1e-4)
-    if gfn.langevin:
-        torch.testing.assert_close(G_fast, G_slow, rtol=1e-4, atol=1e-4)  # ∇log r amplifies rounding
-
-
-@pytest.mark.parametrize(
-    "options",
-    [
-        {},
-        {"learned_variance": False},
-        {"langevin": True, "langevin_per_dim": True},
-        {"arch": "mlp"},
-        {"num_layers": 1},
-        {"num_layers": 3, "flow": "forward_looking", "learn_pb": True},
-    ],
-    ids=["learned_var", "fixed_var", "lp_per_dim", "mlp", "1_layer", "3_layers_fl_pb"],
-)
-@pytest.mark.parametrize("direction", ["forward", "backward"])
-@pytest.mark.parametrize("native", ["auto", "false"], ids=["native", "pytorch"])
-def test_networks_differentiated_from_recorded_passes_equal_autograd(options, direction, native, monkeypatch):
-    # With a gradient wanted, forward rollouts record every layer in the sampling loop and log P_F is
-    # differentiated from that recording; other batched network passes over sampled states (backward
-    # trajectories, flows, learned P_B) run as one recorded pass. Both use a hand-written MLP backward (in native
-    # code, or in PyTorch), which must give the losses and the gradients — for every parameter, the time
-    # embeddings' included — of plain autograd through the modules.
-    import sampler.gfn.diffusion as diffusion
-    from sampler.energies import GMM9
-
-    torch.manual_seed(2)
-    gfn = DiffusionGFN(GMM9(), T=10, t_scale=5.0, hidden_dim=16, zero_init=False, native=native, **options)
-    x = GMM9().sample(40, generator=torch.Generator().manual_seed(4))
-    results = []
-    for recorded in (True, False):
-        if not recorded:  # plain autograd through the modules
-            monkeypatch.setattr(gfn, "native_mode", "false")
-            monkeypatch.setattr(gfn.policy, "new_tape", lambda *args: None)
-            monkeypatch.setattr(diffusion, "_over_steps", lambda net, s, t_emb, *_: net(s, t_emb))
-        gfn.zero_grad()
-        traj, loss = weighted_rollout_loss(gfn, direction, x, seed=5)
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in gfn.named_parameters() if p.grad is not None}
-        results.append((traj.log_pf.detach(), grads))
-    (lp_t, g_t), (lp_b, g_b) = results
-    torch.testing.assert_close(lp_t, lp_b, rtol=1e-5, atol=1e-4)
-    assert g_t.keys() == g_b.keys() and any(k.startswith("policy.time_net") for k in g_t)
-    if gfn.flow_net is not None:
-        assert any(k.startswith("flow_net.") for k in g_t) and any(k.startswith("pb_net.") for k in g_t)
-    for name in g_b:
-        torch.testing.assert_close(g_t[name], g_b[name], rtol=1e-4, atol=1e-4, msg=name)
-    assert all(g_b[n].abs().max() > 0 for n in g_b if n.startswith("policy."))

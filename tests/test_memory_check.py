@@ -13,7 +13,6 @@ import pytest
 import torch
 from conftest import ROOT, TINY, compose_cfg
 
-from sampler.gfn.nets import _TAPE_POOLS
 from sampler.training import memory
 from sampler.training.config_check import ConfigError
 from sampler.training.memory import available_bytes, check_memory, estimate_bytes
@@ -57,8 +56,9 @@ def test_the_defaults_and_the_paper_presets_pass(overrides, tmp_path):
 
 
 def test_the_recorded_activations_are_what_a_training_step_records(tmp_path, one_intra_op_thread):
+    _TAPE_POOLS = pytest.importorskip("sampler.gfn.accelerators.fused")._TAPE_POOLS
     # Forward-looking flows record the policy and the flow network at every step of the batch: 2 tapes.
-    overrides = ["experiment=fl_subtb_lp", "energy=funnel", "train.batch_size=40", "model.native=false"]
+    overrides = ["experiment=fl_subtb_lp", "energy=funnel", "train.batch_size=40", "model.engine=fused"]
     cfg = compose_cfg(TINY + overrides, tmp_path)
     module = SamplerModule(cfg)
     opt = torch.optim.Adam(module.gfn.parameters())

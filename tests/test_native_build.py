@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from sampler.gfn import native
+native = pytest.importorskip("sampler.gfn.accelerators.native")
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD = (
     "import logging; logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
-    "from sampler.gfn import native\n"
+    "from sampler.gfn.accelerators import native\n"
     "print('loaded', native.load(required=True).__file__, flush=True)\n"
 )
 

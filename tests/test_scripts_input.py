@@ -42,7 +42,7 @@ def run_dir(tmp_path_factory, one_intra_op_thread) -> Path:
     """A finished tiny run: `config_resolved.yaml`, `metrics.json`, `checkpoints/last.ckpt` (PyTorch path: these
     tests are about the scripts' input, not the native kernels)."""
     d = tmp_path_factory.mktemp("scripts") / "run"
-    train(compose_cfg(TINY + ["energy=gmm9", "model.native=false"], d))
+    train(compose_cfg(TINY + ["energy=gmm9", "model.engine=fused"], d))
     return d
 
 

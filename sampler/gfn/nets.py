@@ -6,14 +6,13 @@ part evaluated on ``[..., B, d]`` states, so a rollout never embeds the same tim
 
 from __future__ import annotations
 
-import functools
-import math
-import sys
-import weakref
-
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from sampler.gfn.heads import gaussian_log_prob  # noqa: F401 - its home before heads.py; kept importable
+
+#: ``model.activation`` choices of :class:`StateTimeNet` (the accelerated engines implement ``gelu`` only).
+ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
 
 class HarmonicTimeFeatures(nn.Module):
@@ -47,6 +46,8 @@ class StateTimeNet(nn.Module):
         hidden_dim: width H.
         num_layers: hidden H → H layers of the joint part.
         zero_init: zero the last layer (else PyTorch's default initialisation).
+        activation: the joint part's nonlinearity, a key of :data:`ACTIVATIONS`.
+        layer_norm: a LayerNorm after every hidden H → H layer of the joint part, before its activation.
         shared: another network of the same ``arch`` and width whose time features, time embedding and state
             embedding this one uses instead of its own (a head on that network's embeddings, as the state flow of
             Sendera et al.'s code is on the policy's). They stay registered (and optimised) only in ``shared``;
@@ -62,9 +63,14 @@ class StateTimeNet(nn.Module):
         num_layers: int = 2,
         zero_init: bool = True,
         shared: StateTimeNet | None = None,
+        activation: str = "gelu",
+        layer_norm: bool = False,
     ):
         super().__init__()
         self.arch = arch
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation must be one of {', '.join(ACTIVATIONS)} (got {activation})")
+        act = ACTIVATIONS[activation]
         if shared is not None:
             theirs = (shared.arch, shared.state_net.in_features, shared.state_net.out_features)
             if theirs != (arch, dim, hidden_dim):
@@ -85,9 +91,9 @@ class StateTimeNet(nn.Module):
             self.state_net = nn.Linear(dim, hidden_dim)
         else:
             raise ValueError(f"model.arch must be one of pis, mlp (got {arch})")
-        layers: list[nn.Module] = [nn.GELU()]
+        layers: list[nn.Module] = [act()]
         for _ in range(num_layers):
-            layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
+            layers += [nn.Linear(hidden_dim, hidden_dim)] + ([nn.LayerNorm(hidden_dim)] if layer_norm else []) + [act()]
         self.joint = nn.Sequential(*layers)
         self.out = nn.Linear(hidden_dim, out_dim)
         if zero_init:
@@ -101,168 +107,6 @@ class StateTimeNet(nn.Module):
     def forward(self, s: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """``s [..., B, d]``, ``t_emb`` broadcastable to ``[..., B, H]`` → ``[..., B, out]``."""
         return self.out(self.joint(self.state_net(s) + t_emb))
-
-    def native_forward(self, s: torch.Tensor, t_emb: torch.Tensor, kernels) -> torch.Tensor:
-        """``forward(s [T, B, d], t_emb [T, 1, H])`` without autograd, in the native kernels (rows split over
-        threads): the evaluation's batched passes over sampled states."""
-        T, B = s.shape[0], s.shape[1]
-        out = s.new_empty(T, B, self.out.out_features)
-        kernels.mlp_record(*self.frozen(t_emb.reshape(T, -1)).native_args(), s.contiguous(), None, None, out)
-        return out
-
-    def frozen(self, t_emb: torch.Tensor) -> FrozenNet:
-        """The network at fixed weights for a sampling loop without autograd (see :class:`FrozenNet`)."""
-        hidden = [(m.weight.detach().t(), m.bias.detach()) for m in self.joint if isinstance(m, nn.Linear)]
-        return FrozenNet(
-            self.state_net.weight.detach().t(),
-            (t_emb + self.state_net.bias).detach(),
-            hidden,
-            (self.out.weight.detach().t(), self.out.bias.detach()),
-        )
-
-    def _linear_params(self) -> list[torch.Tensor]:
-        """Weights and biases of the state path, input layer first: what :class:`_TapedNet` differentiates."""
-        layers = [self.state_net] + [m for m in self.joint if isinstance(m, nn.Linear)] + [self.out]
-        return [p for m in layers for p in (m.weight, m.bias)]
-
-    def new_tape(self, T: int, B: int, like: torch.Tensor, kernels=None) -> RolloutTape:
-        """A recording of ``T`` steps of ``B`` rows (contents undefined); with native ``kernels`` its backward pass
-        runs there. Tapes are reused once nothing refers to them any more (the autograd graph that recorded into a
-        tape holds it until it is freed): writing a fresh 20–50 MB tape each step costs more in page faults than the
-        sampling loop's arithmetic."""
-        n_act = sum(isinstance(m, nn.GELU) for m in self.joint)
-        shape = (n_act, T, B, self.out.in_features, self.out.out_features, like.device, like.dtype)
-        pool = _TAPE_POOLS.setdefault(self, [])
-        for tape in pool:
-            # references: the pool's list, this loop's variable and getrefcount's argument — nobody else
-            if tape.shape == shape and sys.getrefcount(tape) <= 3:
-                tape.kernels = kernels
-                return tape
-        tape = RolloutTape(n_act, T, B, self.out.in_features, self.out.out_features, like, kernels)
-        if len(pool) < _TAPE_POOL_SIZE:
-            pool.append(tape)
-        return tape
-
-    def batched(self, s: torch.Tensor, t_emb: torch.Tensor, kernels=None) -> torch.Tensor:
-        """``forward(s [T, B, d], t_emb [T, 1, H])`` for states without a gradient, as one recorded no-grad pass and
-        the hand-written backward of :class:`_TapedNet` (autograd's own backward computes the input layer's weight
-        gradient in a ~6× slower orientation and keeps more intermediates)."""
-        T, B = s.shape[0], s.shape[1]
-        tape = self.new_tape(T, B, s, kernels)
-        N, H = T * B, tape.z.shape[-1]
-        with torch.no_grad():
-            net = self.frozen(t_emb.reshape(T, -1))
-            if kernels is not None:
-                kernels.mlp_record(*net.native_args(), s.contiguous(), tape.z, tape.h, tape.out)
-            else:
-                torch.matmul(s, net.w_in, out=tape.z[0])  # the time bias differs per step: added over [T, B, H]
-                tape.z[0].add_(net.time_bias[:, None])
-                net.record_layers(tape.z.view(-1, N, H), tape.h.view(-1, N, H), tape.out.view(N, -1))
-        return self.taped(tape, s, t_emb)
-
-    def taped(self, tape: RolloutTape, s: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
-        """``forward(s [T, B, d], t_emb [T, 1, H])`` for the states a :class:`FrozenNet` loop recorded on ``tape``:
-        the loop's own outputs, with a gradient for the parameters and ``t_emb`` — no second forward pass."""
-        return _TapedNet.apply(tape, s, t_emb.reshape(tape.T, -1), *self._linear_params())
-
-
-_TAPE_POOL_SIZE = 4  # tapes kept per network for reuse (each ~T·B·H·(2·layers + 1) floats)
-# network -> its reusable tapes; outside the module, so copies and pickles of a network do not carry recordings
-_TAPE_POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-class RolloutTape:
-    """Every layer's pre-activation and GELU output at every step of a sampling loop (``[n_act, T, B, H]`` each)
-    and the raw network output ``[T, B, out]``: what the backward pass of the batched network needs, recorded
-    while sampling so the states' policy outputs are never computed twice."""
-
-    def __init__(self, n_act: int, T: int, B: int, H: int, out_dim: int, like: torch.Tensor, kernels=None):
-        kw = {"device": like.device, "dtype": like.dtype}
-        self.T, self.B = T, B
-        self.shape = (n_act, T, B, H, out_dim, like.device, like.dtype)
-        self.kernels = kernels  # native kernel module for the backward pass (sampler.gfn.native), or None
-        self.z = torch.empty(n_act, T, B, H, **kw)
-        self.h = torch.empty(n_act, T, B, H, **kw)
-        self.out = torch.empty(T, B, out_dim, **kw)
-
-    @functools.cached_property
-    def steps(self) -> list[tuple]:
-        """Per-step views ``(z, h, out)`` for a loop, made once on first use (indexing the ``[n_act, T, B, H]``
-        buffers each step costs more than a layer)."""
-        zs, hs = [z.unbind(0) for z in self.z], [h.unbind(0) for h in self.h]
-        return [(tuple(z[i] for z in zs), tuple(h[i] for h in hs), o) for i, o in enumerate(self.out.unbind(0))]
-
-
-class _TapedNet(torch.autograd.Function):
-    """The batched :class:`StateTimeNet` output at recorded states; forward returns the recording, backward is
-    the MLP's backward pass written out (the same matmuls autograd would run, from the recorded activations).
-    The states carry no gradient (sampled without autograd)."""
-
-    @staticmethod
-    def forward(ctx, tape, s, t_emb, *params):
-        ctx.tape, ctx.s = tape, s
-        ctx.save_for_backward(*params)
-        return tape.out.detach()  # a new tensor on the recording: autograd never marks the tape itself
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        tape, s = ctx.tape, ctx.s
-        params = ctx.saved_tensors
-        T, B, H = tape.T, tape.B, tape.z.shape[-1]
-        N = T * B
-        z, h = tape.z.reshape(-1, N, H), tape.h.reshape(-1, N, H)
-        g = grad_out.reshape(N, -1)
-        if tape.kernels is not None:  # the same pass, tiled over rows in native code
-            *grads, d_t = tape.kernels.mlp_backward(g, z, h, s.reshape(N, -1), list(params[::2]), T)
-            return (None, None, d_t, *grads)
-        grads = [None] * len(params)
-        w_out = params[-2]
-        grads[-2], grads[-1] = g.t().mm(h[-1]), g.sum(0)
-        dh = g.mm(w_out)
-        for k in range(z.shape[0] - 1, 0, -1):  # hidden Linear k: input h[k-1], pre-activation z[k]
-            dz = torch.ops.aten.gelu_backward(dh, z[k])
-            w = params[2 * k]
-            grads[2 * k], grads[2 * k + 1] = dz.t().mm(h[k - 1]), dz.sum(0)
-            dh = dz.mm(w)
-        dz = torch.ops.aten.gelu_backward(dh, z[0]).reshape(T, B, H)
-        d_t = dz.sum(1)  # [T, H]: the time embedding enters the first pre-activation as a per-step bias
-        grads[0] = s.reshape(N, -1).t().mm(dz.reshape(N, H)).t()  # [d, N]·[N, H]: ~6× faster than [H, N]·[N, d]
-        grads[1] = d_t.sum(0)
-        return (None, None, d_t, *grads)
-
-
-class FrozenNet:
-    """A :class:`StateTimeNet` evaluated step by step in a rollout loop: the time embedding is folded into the
-    first layer's bias for every grid time and each layer is one fused ``addmm`` (bias + matmul), so a step costs
-    a handful of kernel calls. Same function as ``StateTimeNet.forward`` up to float rounding; no autograd."""
-
-    def __init__(self, w_in: torch.Tensor, time_bias: torch.Tensor, hidden: list, out: tuple):
-        self.w_in, self.time_bias, self.hidden, self.out = w_in, time_bias, hidden, out
-
-    def __call__(self, s: torch.Tensor, i: int, tape: RolloutTape | None = None) -> torch.Tensor:
-        """``s [B, d]`` at grid time index ``i`` → ``[B, out]``; with a ``tape``, every layer is written into it
-        (and the output is the tape's slice: do not modify it in place)."""
-        if tape is not None:
-            z, h, out = tape.steps[i]
-            torch.addmm(self.time_bias[i], s, self.w_in, out=z[0])
-            return self.record_layers(z, h, out)
-        h = F.gelu(torch.addmm(self.time_bias[i], s, self.w_in))
-        for w, b in self.hidden:
-            h = F.gelu(torch.addmm(b, h, w))
-        return torch.addmm(self.out[1], h, self.out[0])
-
-    def native_args(self) -> tuple:
-        """(w_in, time_bias, hidden weights, hidden biases, w_out, b_out): the network as the native kernels take it."""
-        return (self.w_in, self.time_bias, [w for w, _ in self.hidden], [b for _, b in self.hidden], *self.out)
-
-    def record_layers(self, z, h, out: torch.Tensor) -> torch.Tensor:
-        """From the first pre-activation ``z[0]`` (already written), every GELU output ``h[k]``, hidden
-        pre-activation ``z[k]`` and the output into the given buffers; returns ``out``."""
-        torch._C._nn.gelu(z[0], out=h[0])
-        for k, (w, b) in enumerate(self.hidden, 1):
-            torch.addmm(b, h[k - 1], w, out=z[k])
-            torch._C._nn.gelu(z[k], out=h[k])
-        return torch.addmm(self.out[1], h[-1], self.out[0], out=out)
 
 
 class TimeScaleNet(nn.Module):
@@ -292,11 +136,3 @@ class TimeScaleNet(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """``t [T]`` → ``[T, out_dim]``."""
         return self.net(self.time_features(t))
-
-
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """Σ over the last dim of log N(x; mean, var) (diagonal), broadcasting; ``var`` may be a float."""
-    if not isinstance(var, torch.Tensor):
-        d = x.shape[-1]
-        return -0.5 * ((x - mean).pow(2).sum(-1) / var + d * math.log(2 * math.pi * var))
-    return -0.5 * ((x - mean).pow(2) / var + torch.log(2 * math.pi * var)).sum(-1)

@@ -62,6 +62,16 @@ TYPICAL = {
 _UNLIMITED = 2**60  # cgroup v1 reports "no limit" as a number near 2^63
 
 
+def _engine(m) -> str:
+    """The engine ``model`` resolves to, as far as memory goes: ``auto``/``native`` (kernels), ``fused`` or
+    ``reference`` (a network the accelerated engines do not implement runs there); older configs say ``native``."""
+    if m.get("activation", "gelu") != "gelu" or m.get("layer_norm", False) or m.get("policy") is not None:
+        return "reference"
+    if m.get("native") is not None:
+        return {"true": "native", "false": "fused"}.get(str(m.native).lower(), "auto")
+    return str(m.get("engine", "auto"))
+
+
 @dataclass
 class Term:
     """One named contribution to a phase's peak."""
@@ -160,7 +170,7 @@ class _Model:
     def of(cls, cfg: DictConfig, device: str) -> _Model:
         m = cfg.model
         d, _, has_sampler, per_point = _energy_facts(cfg)
-        native = device == "cpu" and str(m.get("native", "auto")).lower() != "false" and not m.get("compile", False)
+        native = device == "cpu" and _engine(m) in ("auto", "native") and not m.get("compile", False)
         return cls(
             B=int(cfg.train.batch_size),
             T=int(m.T),

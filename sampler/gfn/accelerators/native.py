@@ -16,8 +16,9 @@ build). An exclusive ``flock`` on a file in that directory serializes the builds
 process dies, so a build killed half-way blocks nobody (torch's own ``lock`` file, which would, is removed as stale
 by the next builder).
 
-``model.native``: ``auto`` uses them when they build and falls back to the PyTorch path with one warning when they
-do not, ``true`` requires them, ``false`` never uses them. ``SAMPLER_NATIVE=0`` in the environment turns ``auto`` off.
+``model.engine``: ``auto`` uses them when they build and falls back to the fused PyTorch path with one warning when
+they do not, ``native`` requires them, ``fused`` and ``reference`` never use them. ``SAMPLER_NATIVE=0`` in the
+environment turns ``auto`` off.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ except ImportError:  # Windows has no fcntl: builds are not serialized there
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "true", "false")
-_SOURCE = Path(__file__).with_name("native") / "rollout.cpp"
+_SOURCE = Path(__file__).with_name("csrc") / "rollout.cpp"
 _LDFLAGS = ("-fopenmp",)
 #: How the build is set up (bump when that changes, so that old and new layouts never share a build directory).
 _RECIPE = "source-copy-1"
@@ -62,7 +63,7 @@ class NativeUnavailable(RuntimeError):
 
 
 def parse_mode(value) -> str:
-    """``model.native`` as one of ``auto | true | false`` (YAML booleans accepted)."""
+    """The native-kernel mode ``auto | true | false`` of an accelerated engine (YAML booleans accepted)."""
     mode = {True: "true", False: "false"}.get(value, str(value).lower())
     if mode not in MODES:
         raise ValueError(f"model.native must be one of auto, true, false (got {value})")
@@ -109,7 +110,7 @@ def load(required: bool = False):
                 _error = " ".join(f"{type(err).__name__}: {err}".split())[:300]
                 log.warning("native rollout kernels unavailable (%s); using the PyTorch path", _error)
         if _module is None and required:
-            raise NativeUnavailable(f"model.native=true, but the native kernels could not be built: {_error}")
+            raise NativeUnavailable(f"model.engine=native, but the native kernels could not be built: {_error}")
         return _module
 
 
