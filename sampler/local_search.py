@@ -1,10 +1,13 @@
-"""Parallel MALA local search (config group ``local_search``, docs/spec.md §6; Sendera et al. 2024, App. E,
-https://arxiv.org/abs/2402.05098).
+"""Local search (config group ``local_search``, docs/spec.md §6): :class:`LocalSearch`, what a training run needs of
+one, and :class:`MALA`, the parallel MALA of Sendera et al. 2024, App. E (https://arxiv.org/abs/2402.05098).
 
 A batch of starting points (drawn from the replay buffer) is moved by B independent Metropolis-adjusted Langevin
 chains; the proposals accepted after burn-in, with their log-rewards, are what the training loop stores in the
-local-search buffer. The step size η adapts ×1.01 / ×0.99 after every iteration toward the acceptance rate 0.574
-and carries over from one call to the next (and through checkpoints).
+local-search buffer (a rank buffer of ``capacity`` entries and offset ``k``). A new local search is a subclass of
+:class:`LocalSearch` implementing ``run`` and one YAML file naming it (``_target_: my.module.MySearch``).
+
+MALA's step size η adapts ×1.01 / ×0.99 after every iteration toward the acceptance rate 0.574 and carries over
+from one call to the next (and through checkpoints).
 
 Differences from the public reference (GFNOrg/gfn-diffusion ``energy_sampling/langevin.py``), following docs/spec.md:
 η adapts on each iteration's own acceptance rate (the reference uses a stale 5-iteration window) and persists
@@ -22,7 +25,55 @@ from torch import Tensor
 from sampler.energies.base import check_finite
 
 
-class MALA:
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class LocalSearch:
+    """A local search over replay samples, as a training run drives it (:class:`sampler.recipe.Recipe`).
+
+    Every ``every`` training steps (and whenever its buffer is empty) the run draws ``batch_size`` starting points
+    from the replay buffer, calls :meth:`run` and stores what it returns in the local-search buffer, a
+    :class:`sampler.buffers.RankBuffer` of ``capacity`` entries with offset ``k``; backward steps with
+    ``backward_source="local_search"`` draw from that buffer.
+
+    Args:
+        every: run the search every this many training steps.
+        batch_size: number of starting points per call (``None``: the training batch size).
+        capacity: capacity of the local-search buffer.
+        k: rank offset of the local-search buffer (> 0).
+    """
+
+    def __init__(self, every: int = 100, batch_size: int | None = None, capacity: int = 600_000, k: float = 0.01):
+        if not _whole(every) or every < 1:
+            raise ValueError(f"local_search.every must be a positive number of steps (got {every})")
+        if batch_size is not None and (not _whole(batch_size) or batch_size < 1):
+            raise ValueError(f"local_search.batch_size must be a positive integer or null (got {batch_size})")
+        if not _whole(capacity) or capacity < 1:
+            raise ValueError(f"local_search.capacity must be a positive integer (got {capacity!r})")
+        if not (isinstance(k, (int, float)) and 0 < k < math.inf):
+            raise ValueError(f"local_search.k must be a positive finite number (got {k!r})")
+        self.every = int(every)
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.capacity, self.k = int(capacity), float(k)
+
+    def run(self, x: Tensor, energy, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Search from the starting points ``x`` ``[B, d]``; returns (states ``[M, d]``, their log-rewards ``[M]``)."""
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, float]:
+        """Numbers to log (as ``ls_<name>``)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Adapted state for the checkpoint, as tensors."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+class MALA(LocalSearch):
     """Metropolis-adjusted Langevin local search with an adaptive step size.
 
     Proposal x' = x + η ∇log r(x) + √(2η) ξ, ξ ~ N(0, I), accepted with probability
@@ -35,9 +86,8 @@ class MALA:
         target_accept: acceptance rate η is steered toward (0.574 is optimal for MALA).
         adapt: multiply η by 1.01 after an iteration whose batch acceptance rate exceeds ``target_accept``, by 0.99
             otherwise; ``False`` keeps η fixed.
-        every: run local search every this many training steps (read by the training loop).
-        batch_size: number of chains, i.e. buffer draws per call (read by the training loop; ``None``: the
-            training batch size).
+        every, batch_size, capacity, k: when the training loop runs it, from how many buffer draws (the number of
+            chains), and the local-search buffer it fills (see :class:`LocalSearch`).
 
     Attributes:
         step_size: the current η.
@@ -54,6 +104,8 @@ class MALA:
         adapt: bool = True,
         every: int = 100,
         batch_size: int | None = None,
+        capacity: int = 600_000,
+        k: float = 0.01,
     ):
         if n_steps < 1:
             raise ValueError(f"local_search.n_steps must be a positive integer (got {n_steps})")
@@ -63,15 +115,10 @@ class MALA:
             raise ValueError(f"local_search.step_size must be a positive finite number (got {step_size})")
         if not 0 < target_accept < 1:
             raise ValueError(f"local_search.target_accept must be in (0, 1) (got {target_accept})")
-        if every < 1:
-            raise ValueError(f"local_search.every must be a positive number of steps (got {every})")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"local_search.batch_size must be a positive integer or null (got {batch_size})")
+        super().__init__(every, batch_size, capacity, k)
         self.n_steps, self.burn_in = int(n_steps), int(burn_in)
         self.step_size = float(step_size)
         self.target_accept, self.adapt = float(target_accept), bool(adapt)
-        self.every = int(every)
-        self.batch_size = None if batch_size is None else int(batch_size)
         self.last_accept_rate = math.nan
         self.last_state: Tensor | None = None
 

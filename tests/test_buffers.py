@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sampler.buffers import BUFFERS, RankBuffer, ReplayBuffer, RewardBuffer, build_buffer
+from sampler.buffers import RankBuffer, ReplayBuffer, RewardBuffer
 
 ALL = [ReplayBuffer, RewardBuffer, RankBuffer]
 
@@ -197,18 +197,6 @@ def test_stats_report_size_keys_and_effective_sample_size():
     w = buf.weights()
     assert s["ess"] == pytest.approx((w.sum() ** 2 / (w**2).sum()).item()) and 1 <= s["ess"] < 4
     assert "ess" not in ReplayBuffer(capacity=10, dim=1).stats()
-
-
-def test_build_buffer_names():
-    assert build_buffer("none", 10, 2) is None
-    assert type(build_buffer("per", 10, 2)) is RankBuffer
-    assert build_buffer("rank", 10, 2, k=0.1).k == 0.1
-    assert build_buffer("reward", 10, 2, beta=2.0, eviction="lowest").eviction == "lowest"
-    assert set(BUFFERS) == {"uniform", "reward", "rank", "per"}
-    with pytest.raises(ValueError, match="none.*uniform.*reward.*rank.*per"):
-        build_buffer("prioritised", 10, 2)
-    with pytest.raises(ValueError, match="buffer\\.beta does not apply to buffer=uniform"):
-        build_buffer("uniform", 10, 2, beta=1.0)
 
 
 @pytest.mark.parametrize(

@@ -136,7 +136,7 @@ def test_buffers_local_search_and_teacher_survive_a_resume_bit_for_bit(tiny_cfg,
         (["buffer=rank", "train.phases=both_ways", "train.backward_source=local_search"], "needs local_search=mala"),
         (
             ["teacher=adaptive", "buffer=per", "train.backward_source=buffer", "loss=subtb"],
-            "teacher=adaptive trains a TB",
+            "teacher._target_=sampler.adaptive_teacher.AdaptiveTeacher) trains a TB student",
         ),
         (["teacher=adaptive", "buffer=uniform", "train.backward_source=buffer"], "use buffer=per"),
         (["buffer=fancy"], "Could not find 'buffer/fancy'"),

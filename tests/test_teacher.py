@@ -5,15 +5,15 @@ import math
 import pytest
 import torch
 
-from sampler.gfn import Trajectories
-from sampler.losses import trajectory_balance
-from sampler.teacher import (
+from sampler.adaptive_teacher import (
     TeacherSchedule,
     initial_threshold,
     student_delta,
     teacher_log_reward,
     teacher_reward,
 )
+from sampler.gfn import Trajectories
+from sampler.losses import trajectory_balance
 
 B, T, D = 5, 7, 3
 

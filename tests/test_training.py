@@ -118,7 +118,10 @@ def test_training_never_touches_the_global_rng(tiny_cfg):
         ),
         (["energy._target_=nowhere.Nothing"], "energy._target_=nowhere.Nothing could not be built"),
         (["+train.bach_size=3"], "train.bach_size is not a key of train (nothing would read it)"),
-        (["buffer=rank", "+buffer.beta=2"], "buffer.beta is not a key of buffer=rank"),
+        (
+            ["buffer=rank", "+buffer.beta=2"],
+            "buffer.beta is not a key of buffer (_target_=sampler.buffers.RankBuffer; nothing would read it)",
+        ),
         (["+trainer.max_stepz=3"], "trainer.max_stepz is not a Lightning Trainer argument"),
         (["exploration=linear", "exploration.horizon=0"], "exploration could not be built: exploration.horizon must"),
     ],

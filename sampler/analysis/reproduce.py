@@ -144,9 +144,10 @@ def check_trusted(run: Run, trust: Iterable[str] = ()):
     """
     from omegaconf import OmegaConf
 
+    from sampler.training.legacy import upgrade_config
     from sampler.training.trust import check_targets
 
-    cfg = OmegaConf.load(run.path / CONFIG)
+    cfg = upgrade_config(OmegaConf.load(run.path / CONFIG))  # a run of an earlier version: today's layout
     check_targets(cfg, trust, source=str(run.path / CONFIG), option="--trust ")
     return cfg
 

@@ -120,6 +120,17 @@ def _read_yaml(path: Path) -> Any:
         return None
 
 
+def _read_config(path: Path) -> Any:
+    """A saved run config in today's layout (older versions' keys translated), so runs of different versions diff
+    only where their settings differ."""
+    from sampler.training.legacy import upgrade_config  # noqa: PLC0415 - training imports are heavy
+
+    try:
+        return OmegaConf.to_container(upgrade_config(OmegaConf.load(path)), resolve=False)
+    except Exception:  # noqa: BLE001 - a missing or unreadable file is simply not there
+        return None
+
+
 def load_run(path: str | Path) -> Run:
     """Read the run directory ``path``.
 
@@ -132,7 +143,7 @@ def load_run(path: str | Path) -> Run:
         raise NotARunError(f"not a run directory: {path} {why}")
     if not is_run_dir(path):
         raise NotARunError(f"not a run directory: {path} (no {CONFIG})")
-    config = _read_yaml(path / CONFIG) if (path / CONFIG).is_file() else None
+    config = _read_config(path / CONFIG) if (path / CONFIG).is_file() else None
     hydra = _read_yaml(path / HYDRA_DIR / "hydra.yaml")
     choices = hydra.get("hydra", {}).get("runtime", {}).get("choices") if isinstance(hydra, dict) else None
     overrides = _read_yaml(path / HYDRA_DIR / "overrides.yaml")

@@ -1,52 +1,13 @@
-"""Replay buffers of terminal states (config group ``buffer``, docs/spec.md §5) and the registry configs name them by.
+"""Replay buffers of terminal states (config group ``buffer``, docs/spec.md §5).
 
-``uniform`` samples stored entries uniformly, ``reward`` ∝ exp(β·key), ``rank`` / ``per`` ∝ 1/(k·N + rank).
+``ReplayBuffer`` samples stored entries uniformly, ``RewardBuffer`` ∝ exp(β·key), ``RankBuffer`` ∝ 1/(k·N + rank),
+``PERBuffer`` is a ``RankBuffer`` keyed by the adaptive teacher's reward instead of log r. A config option names
+its class (``conf/buffer/rank.yaml``: ``_target_: sampler.buffers.RankBuffer``); a new buffer is a subclass of
+``ReplayBuffer`` (usually overriding ``_compute_weights``) and one YAML file.
 """
 
-from __future__ import annotations
-
-import inspect
-
-import torch
-
 from sampler.buffers.base import EVICTIONS, ReplayBuffer
-from sampler.buffers.rank import RankBuffer
+from sampler.buffers.rank import PERBuffer, RankBuffer
 from sampler.buffers.reward import RewardBuffer
 
-BUFFERS: dict[str, type[ReplayBuffer]] = {
-    "uniform": ReplayBuffer,
-    "reward": RewardBuffer,
-    "rank": RankBuffer,
-    "per": RankBuffer,
-}
-
-
-def build_buffer(name: str, capacity: int, dim: int, device: str | torch.device = "cpu", **kw) -> ReplayBuffer | None:
-    """The buffer called ``name`` (a key of :data:`BUFFERS`), or ``None`` for ``"none"``.
-
-    Args:
-        name: ``"none"``, ``"uniform"``, ``"reward"``, ``"rank"`` or ``"per"``.
-        capacity: maximum number of stored entries.
-        dim: state dimension d.
-        device: where the storage lives.
-        **kw: ``eviction`` and the priority's own options (``beta`` for reward, ``k`` for rank).
-
-    Returns:
-        The buffer, or ``None`` when ``name == "none"``.
-
-    Raises:
-        ValueError: for an unknown name or a bad option (the message names the ``buffer.*`` key).
-    """
-    if name == "none":
-        return None
-    if name not in BUFFERS:
-        raise ValueError(f"buffer.name must be one of {['none', *BUFFERS]} (got {name!r})")
-    cls = BUFFERS[name]
-    allowed = [p for p in inspect.signature(cls).parameters if p not in ("capacity", "dim", "device")]
-    unknown = sorted(set(kw) - set(allowed))
-    if unknown:
-        raise ValueError(f"buffer.{unknown[0]} does not apply to buffer={name} (its options: {', '.join(allowed)})")
-    return cls(capacity, dim, device=device, **kw)
-
-
-__all__ = ["BUFFERS", "EVICTIONS", "RankBuffer", "ReplayBuffer", "RewardBuffer", "build_buffer"]
+__all__ = ["EVICTIONS", "PERBuffer", "RankBuffer", "ReplayBuffer", "RewardBuffer"]

@@ -28,6 +28,9 @@ class ReplayBuffer:
     """
 
     prioritised: bool = False
+    #: what a training run stores as the key of a forward step's terminal states: ``"log_reward"`` (log r), or
+    #: ``"teacher_reward"`` (R_T of the student's TB error, see :class:`sampler.buffers.PERBuffer`)
+    keyed_by: str = "log_reward"
 
     def __init__(self, capacity: int, dim: int, eviction: str = "fifo", device: str | torch.device = "cpu"):
         capacity = _positive_int(capacity, "buffer.capacity")

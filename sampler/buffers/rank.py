@@ -1,4 +1,5 @@
-"""Rank-prioritised replay (Tripp et al. 2020; docs/spec.md §5, ``buffer=rank`` / ``buffer=per``).
+"""Rank-prioritised replay (Tripp et al. 2020; docs/spec.md §5, ``buffer=rank``) and its teacher-reward-keyed
+variant (``buffer=per``, docs/spec.md §7).
 
 Entry of rank ρ (ρ = 0 for the highest key, ties broken by insertion order, older first) gets weight
 1 / (k·N + ρ) with N the current size; the paper uses k = 0.01.
@@ -75,3 +76,11 @@ class RankBuffer(ReplayBuffer):
 
     def _compute_weights(self) -> Tensor:
         return 1.0 / (self.k * self._size + self.ranks().double())
+
+
+class PERBuffer(RankBuffer):
+    """Prioritised experience replay as the Adaptive Teachers code runs it (``buffer=per``): a :class:`RankBuffer`
+    whose forward-step entries are keyed by the teacher reward R_T of the student's TB error (large where the
+    student is wrong), not by log r — with or without a teacher. The key needs the student's log Z or flow."""
+
+    keyed_by = "teacher_reward"

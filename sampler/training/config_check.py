@@ -1,7 +1,7 @@
 """Fail fast on a bad configuration, before anything is built: one line naming the key and what is allowed.
 
 Unknown group options (``energy=gmm26``) and misspelt keys (``model.hidden_dimm=3``) fail when the config is
-composed (``sampler.composing`` turns Hydra's message into one line); this module checks the values: no NaN
+composed (``sampler.app.composition`` turns Hydra's message into one line); this module checks the values: no NaN
 anywhere, enumerations, finite positive sizes and rates, which objectives work with which flows and training
 phases, and Lightning ``Trainer`` settings the sampler can train under (one device, float32).
 """
@@ -11,31 +11,41 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterable
-from functools import cache
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from sampler.buffers import BUFFERS
 from sampler.gfn.diffusion import FLOWS
 from sampler.losses import ALIASES, LOSSES
-from sampler.training.phases import PhaseSchedule
+from sampler.recipe import BACKWARD_SOURCES, PHASES
 
-PHASES = PhaseSchedule.KINDS
-BACKWARD_SOURCES = ("exact", "buffer", "local_search")
-BUFFER_NAMES = ("none", *BUFFERS)
-LOCAL_SEARCHES = ("none", "mala")
 ARCHS = ("pis", "mlp")
 
-
-#: The config tree beside the package (an editable install); the key checks below are skipped without it.
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-#: Sections nothing reads as keyword arguments: a key added with ``+`` that they do not define would be ignored.
-ROOT_SECTIONS = ("train", "eval", "checkpoint")
-GROUP_SECTIONS = ("buffer", "local_search", "teacher")
+#: The keys of the root sections nothing reads as keyword arguments (conf/config.yaml): a key added with ``+`` that
+#: they do not define would be ignored.
+ROOT_KEYS = {
+    "train": (
+        "batch_size",
+        "lr_policy",
+        "lr_flow",
+        "lr_back",
+        "weight_decay",
+        "grad_clip",
+        "lr_milestones",
+        "lr_gamma",
+        "phases",
+        "backward_loss",
+        "backward_source",
+    ),
+    "eval": ("every", "K", "plots"),
+    "checkpoint": ("every", "resume", "continue_unfinished"),
+}
+#: ``_target_`` groups the module builds, with the arguments it passes at run time (not set in the config).
+RUNTIME_ARGS = {"buffer": ("dim",), "local_search": (), "teacher": ("gfn",)}
+#: Hydra's own keys of an instantiated node.
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 #: ``trainer.*`` keys the run itself reads (the rest are Lightning ``Trainer`` arguments).
-RUN_TRAINER_KEYS = ("max_steps", "log_every_n_steps")
+RUN_TRAINER_KEYS = ("max_steps", "log_every_n_steps", "progress_every")
 #: ``trainer.precision`` values that train: the native kernels and the float32 buffers of the policy, the energies
 #: and the log-density sums fail under mixed (``16-mixed``, ``bf16-mixed``) and 16- or 64-bit precision.
 PRECISIONS = ("32-true", "32")
@@ -119,7 +129,11 @@ def check_config(cfg: DictConfig) -> None:
         "checkpoint.every",
     )
     _positive(cfg, "model.num_layers", allow_zero=True)
-    _positive(cfg, "model.t_scale", "train.lr_policy", "train.lr_flow", "train.lr_back", "loss.lam", integer=False)
+    if cfg.model.get("t_scale") is not None:  # null: the energy's declared σ² (checked with the energy)
+        _positive(cfg, "model.t_scale", integer=False)
+    _positive(cfg, "train.lr_policy", "train.lr_back", "loss.lam", integer=False)
+    if cfg.train.get("lr_flow") is not None:  # null: the objective's flow lr (sampler.losses.flow_lr)
+        _positive(cfg, "train.lr_flow", integer=False)
     _positive(cfg, "train.weight_decay", integer=False, allow_zero=True)
     if cfg.train.grad_clip is not None:
         _positive(cfg, "train.grad_clip", integer=False)
@@ -189,73 +203,114 @@ def _check_no_nan(cfg: DictConfig) -> None:
     walk(OmegaConf.to_container(cfg, resolve=False), "")
 
 
-def _check_offpolicy(cfg: DictConfig) -> None:
-    _choice("buffer.name", cfg.buffer.name, BUFFER_NAMES)
-    _choice("local_search.name", cfg.local_search.name, LOCAL_SEARCHES)
-    if cfg.buffer.name != "none":
-        _positive(cfg, "buffer.capacity")
-    if cfg.local_search.name != "none":
-        _positive(cfg, "local_search.n_steps", "local_search.every", "local_search.capacity")
-        _positive(cfg, "local_search.step_size", integer=False)
-    source = cfg.train.backward_source
-    uses_backward = cfg.train.phases in ("backward", "both_ways") or cfg.teacher.name != "none"
-    if uses_backward and source in ("buffer", "local_search"):
-        if cfg.buffer.name == "none":
+def _group_class(cfg: DictConfig, group: str, base: type | None = None) -> type | None:
+    """The class a ``_target_`` group selects (``None`` for an option without one, ``buffer=none``), after checking
+    that it is a ``base`` and that the group's keys are arguments of it: one line for a misspelt or stray key
+    (nothing would read it)."""
+    node = cfg.get(group)
+    if node is None:
+        return None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{group} must be a config group option ({group}=none, ...), not {node!r}")
+    target = node.get("_target_")
+    keys = [k for k in node if k not in HYDRA_KEYS]
+    if target is None:
+        if keys:
+            raise ConfigError(f"{group}.{keys[0]} is not a key of {group}=none (nothing would read it)")
+        return None
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(str(target))
+    except Exception as err:  # noqa: BLE001 - an import error inside the module is also "cannot be found"
+        raise ConfigError(f"{group}._target_={target} could not be found: {root_cause(err)}") from err
+    if base is not None and not issubclass(cls, base):
+        raise ConfigError(f"{group}._target_={target} is not a {base.__module__}.{base.__name__} subclass")
+    params = inspect.signature(cls).parameters
+    runtime = RUNTIME_ARGS.get(group, ())
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    known = [n for n, p in params.items() if n not in runtime and p.kind not in _VARIADIC]
+    for key in keys:
+        if key in runtime:
+            raise ConfigError(f"{group}.{key} is set at run time; remove it from the config")
+        if key not in known and not takes_any:
             raise ConfigError(
-                f"train.backward_source={source} needs a replay buffer; choose buffer=uniform|reward|rank|per"
+                f"{group}.{key} is not a key of {group} (_target_={target}; nothing would read it); "
+                f"its keys: {', '.join(known)}"
             )
-        if cfg.train.phases == "backward" and cfg.teacher.name == "none":
+    missing = [
+        n
+        for n, p in params.items()
+        if p.default is inspect.Parameter.empty and p.kind not in _VARIADIC
+        if n not in runtime and n not in node
+    ]
+    if missing:
+        raise ConfigError(f"{group}.{missing[0]} is required by {group}._target_={target}; set it")
+    partial = bool(node.get("_partial_", False))
+    if runtime and not partial:
+        raise ConfigError(
+            f"{group}._target_={target} gets {', '.join(runtime)} at run time: set {group}._partial_=true"
+        )
+    return cls
+
+
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def _check_offpolicy(cfg: DictConfig) -> None:
+    from sampler.buffers import RankBuffer, ReplayBuffer
+    from sampler.local_search import LocalSearch
+
+    buffer = _group_class(cfg, "buffer", ReplayBuffer)
+    local_search = _group_class(cfg, "local_search", LocalSearch)
+    teacher = _group_class(cfg, "teacher")
+    if buffer is not None and "capacity" in cfg.buffer:
+        _positive(cfg, "buffer.capacity")
+    if local_search is not None:
+        ls = cfg.local_search
+        _positive(cfg, *(f"local_search.{k}" for k in ("n_steps", "every", "capacity") if k in ls))
+        _positive(cfg, *(f"local_search.{k}" for k in ("step_size",) if k in ls), integer=False)
+    source = cfg.train.backward_source
+    uses_backward = cfg.train.phases in ("backward", "both_ways") or teacher is not None
+    if uses_backward and source in ("buffer", "local_search"):
+        if buffer is None:
+            raise ConfigError(f"train.backward_source={source} needs a replay buffer; choose one, e.g. buffer=rank")
+        if cfg.train.phases == "backward" and teacher is None:
             raise ConfigError(f"train.backward_source={source} is filled by forward steps; use train.phases=both_ways")
-        if source == "local_search" and cfg.local_search.name == "none":
-            raise ConfigError("train.backward_source=local_search needs local_search=mala")
-    _choice("teacher.name", cfg.teacher.name, ("none", "adaptive"))
-    if cfg.teacher.name == "adaptive":
+        if source == "local_search" and local_search is None:
+            raise ConfigError("train.backward_source=local_search needs local_search=mala (or another local search)")
+    if teacher is not None:
+        what = f"the teacher (teacher._target_={cfg.teacher._target_})"
         if loss_name(cfg.loss.name) not in ("tb", "vargrad") or cfg.model.flow != "scalar":
             raise ConfigError(
-                f"teacher=adaptive trains a TB student; use loss=tb with model.flow=scalar "
+                f"{what} trains a TB student; use loss=tb with model.flow=scalar "
                 f"(got loss={cfg.loss.name}, model.flow={cfg.model.flow})"
             )
-        if cfg.buffer.name not in ("per", "rank"):
+        if buffer is None or not issubclass(buffer, RankBuffer):
+            got = "none" if buffer is None else f"_target_={cfg.buffer._target_}"
             raise ConfigError(
-                f"teacher=adaptive replays a buffer ranked by the teacher reward; use buffer=per "
-                f"(got buffer={cfg.buffer.name})"
+                f"{what} replays a buffer ranked by the teacher reward; use buffer=per (got buffer {got})"
             )
         if cfg.train.backward_source != "buffer":
-            raise ConfigError("teacher=adaptive replays its buffer; set train.backward_source=buffer")
-        _positive(cfg, "teacher.lr_multiplier", "teacher.weight", "teacher.eps", integer=False)
-    if cfg.buffer.name == "per" and cfg.model.flow == "forward_looking":
+            raise ConfigError(f"{what} replays its buffer; set train.backward_source=buffer")
+        _positive(cfg, *(f"teacher.{k}" for k in ("lr_multiplier", "weight", "eps") if k in cfg.teacher), integer=False)
+    if buffer is not None and buffer.keyed_by == "teacher_reward" and cfg.model.flow == "forward_looking":
         raise ConfigError(
-            "buffer=per keys samples by the student's TB error; it needs model.flow=scalar or conditional"
+            f"buffer._target_={cfg.buffer._target_} keys samples by the student's TB error; "
+            "it needs model.flow=scalar or conditional"
         )
-
-
-@cache
-def _yaml_keys(relative: str, section: str | None = None) -> frozenset[str] | None:
-    path = CONF_DIR / relative
-    if not path.is_file():
-        return None
-    node = OmegaConf.load(path)
-    node = node.get(section) if section is not None else node
-    return frozenset(k for k in node if k != "defaults") if isinstance(node, DictConfig) else None
 
 
 def _check_keys(cfg: DictConfig) -> None:
     """A key added with ``+`` (``+train.bach_size=3``) that nothing reads: one line, not a silently ignored value."""
-    for section in (*ROOT_SECTIONS, *GROUP_SECTIONS):
+    for section, known in ROOT_KEYS.items():
         node = cfg.get(section)
         if not isinstance(node, DictConfig):
             continue
-        if section in ROOT_SECTIONS:
-            known = _yaml_keys("config.yaml", section)
-        else:
-            known = _yaml_keys(f"{section}/{node.get('name')}.yaml")
-        if known is None:
-            continue
-        unknown = sorted(set(node) - known)
+        unknown = sorted(set(node) - set(known))
         if unknown:
-            where = section if section in ROOT_SECTIONS else f"{section}={node.get('name')}"
             raise ConfigError(
-                f"{section}.{unknown[0]} is not a key of {where} (nothing would read it); "
+                f"{section}.{unknown[0]} is not a key of {section} (nothing would read it); "
                 f"its keys: {', '.join(sorted(known))}"
             )
 

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sampler.training.checkpointing import CheckpointError, load_checkpoint
+from sampler.training.legacy import upgrade_config
 from sampler.training.module import SamplerModule
 from sampler.training.trust import check_targets
 
@@ -39,6 +40,7 @@ def load_config(ckpt: str | Path, config: str | Path | None = None, trusted: Ite
         raise CheckpointError(f"{path} is not a YAML run config ({why})") from err
     if not isinstance(cfg, DictConfig):
         raise CheckpointError(f"{path} is not a run config (a YAML mapping)")
+    cfg = upgrade_config(cfg)  # a run of an earlier version: its config in today's layout
     check_targets(cfg, trusted, source=str(path))
     return cfg
 

@@ -113,7 +113,8 @@ def _energy_facts(cfg: DictConfig) -> tuple[int, int, bool, int]:
     except Exception:  # noqa: BLE001 - an unknown target is reported when the energy is built
         cls = None
     if cls is not None:
-        has_sampler = getattr(cls, "sample", None) is not Energy.sample
+        fn = getattr(cls, "sample", None)
+        has_sampler = callable(fn) and fn is not Energy.sample
         closed_form = getattr(cls, "log_reward_and_grad", None) is not Energy.log_reward_and_grad
         if is_platform_class(target):
             try:
@@ -227,7 +228,7 @@ def _network_params(cfg: DictConfig, s: _Model) -> int:
 
 
 def _has_teacher(cfg: DictConfig) -> bool:
-    return str(cfg.get("teacher", {}).get("name", "none")) == "adaptive"
+    return cfg.get("teacher", {}).get("_target_") is not None
 
 
 def _held(cfg: DictConfig, s: _Model, training: bool) -> list[Term]:
@@ -237,7 +238,7 @@ def _held(cfg: DictConfig, s: _Model, training: bool) -> list[Term]:
     terms = [Term("parameters and Adam state" if training else "parameters", params, k)]
     for group, name in (("buffer", "replay buffer"), ("local_search", "local-search buffer")):
         section = cfg.get(group, {})
-        if str(section.get("name", "none")) != "none":
+        if section.get("_target_") is not None and "capacity" in section:
             cap = int(section.capacity)
             # states [C, d], keys, insertion ids, and the sampling weights/ranks (float64, int64)
             terms.append(Term(name, cap * (FLOAT * s.d + 60), ((f"{group}.capacity", cap), ("energy.dim", s.d))))
@@ -282,7 +283,7 @@ def _terms(cfg: DictConfig, device: str, K: int, training: bool) -> tuple[list[T
         grads = (threads + 1) * _network_params(cfg, s) * FLOAT
         train.append(Term("gradients", grads, (kH, ("model.num_layers", s.L))))
         ls = cfg.get("local_search", {})
-        if str(ls.get("name", "none")) == "mala":
+        if ls.get("_target_") is not None and "n_steps" in ls:
             chains = int(ls.n_steps) - int(ls.burn_in)
             floats = 2 * chains * B * (d + 2)  # the chains' kept proposals and the accepted ones
             train.append(Term("local-search chains", floats * FLOAT, (("local_search.n_steps", chains), kB, kd)))

@@ -1,8 +1,12 @@
-"""The LightningModule that trains a GFlowNet sampler: phase → trajectories → loss → optimise (docs/design.md).
+"""The LightningModule that trains a GFlowNet sampler: a thin adapter from the run config to
+:class:`sampler.recipe.Recipe`, which holds the step (phase → trajectories → loss → optimise; docs/design.md).
 
-All sampling noise comes from the module's own ``torch.Generator``, whose state is saved in the checkpoint
-with the step counter, so a resumed run is bit-identical to an uninterrupted one on CPU. So is the energy's count
-of log-reward evaluations made by training steps (``n_energy_calls``, the budget recent papers compare samplers at).
+The module builds the recipe's objects from the config — the ``_target_`` groups ``exploration``, ``buffer``,
+``local_search`` and ``teacher`` by Hydra ``instantiate``, dependency injection as in lightning-hydra-template — and
+owns what Lightning needs: the optimisers, the ``torch.Generator`` of all sampling noise and the checkpoint. The
+generator's state is saved with the recipe's state and the step counter, so a resumed run is bit-identical to an
+uninterrupted one on CPU. So is the energy's count of log-reward evaluations made by training steps
+(``n_energy_calls``, the budget recent papers compare samplers at).
 """
 
 from __future__ import annotations
@@ -13,24 +17,19 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from sampler.energies.base import Energy, NonFiniteRewardError, counting_energy_calls
+from sampler.adaptive_teacher import AdaptiveTeacher, TeacherSchedule
+from sampler.energies.base import Energy, counting_energy_calls
 from sampler.energies.protocol import check_energy
-from sampler.evaluation.metrics import log_mean_exp
 from sampler.gfn.trajectories import Trajectories
-from sampler.losses import LOSSES, get_loss
-from sampler.teacher import TeacherSchedule
+from sampler.losses import LOSSES, flow_lr, get_loss
+from sampler.recipe import NonFiniteLossError, PhaseSchedule, Recipe, param_groups
 from sampler.training.config_check import ConfigError, loss_name, root_cause
-from sampler.training.offpolicy import OffPolicy
-from sampler.training.phases import PhaseSchedule
-from sampler.training.teaching import Teacher, build_teacher_gfn
 
 log = logging.getLogger(__name__)
 
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss that is NaN/inf: never trained on."""
+__all__ = ["NonFiniteLossError", "SamplerModule", "build_energy", "build_gfn", "build_group", "build_teacher_gfn"]
 
 
 def build_energy(cfg: DictConfig) -> Energy:
@@ -62,11 +61,39 @@ def build_gfn(cfg: DictConfig, energy: Energy) -> torch.nn.Module:
         raise ConfigError(f"model could not be built: {root_cause(err)}") from err
 
 
-class SamplerModule(L.LightningModule):
-    """Trains ``gfn`` to sample ``energy`` with the objective and phase schedule of ``cfg``.
+def build_group(cfg: DictConfig, group: str, **runtime):
+    """The object of a ``_target_`` config group (``buffer``, ``local_search``, ``teacher``), or ``None`` when the
+    option selects nothing (``buffer=none``: no ``_target_``).
 
     Args:
-        cfg: the composed run config (``model``, ``energy``, ``loss``, ``exploration``, ``train``, ``seed``).
+        cfg: the run config.
+        group: the group's key.
+        **runtime: arguments only known at run time (``dim=`` of a buffer, ``gfn=`` of a teacher); a
+            ``_partial_: true`` group is built into a partial and called with them.
+    """
+    node = cfg.get(group)
+    if node is None or node.get("_target_") is None:
+        return None
+    try:
+        obj = instantiate(node)
+        return obj(**runtime) if node.get("_partial_", False) else obj
+    except (InstantiationException, TypeError, ValueError) as err:
+        raise ConfigError(f"{group}._target_={node._target_} could not be built: {root_cause(err)}") from err
+
+
+def build_teacher_gfn(cfg: DictConfig, energy: Energy) -> torch.nn.Module:
+    """The teacher network: the student's model config with the Langevin term off and a scalar log Z."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model.update(langevin=False, langevin_per_dim=False, flow="scalar")
+    return build_gfn(OmegaConf.create({"model": model}), energy)
+
+
+class SamplerModule(L.LightningModule):
+    """Trains ``gfn`` to sample ``energy`` with the recipe ``cfg`` describes (:class:`sampler.recipe.Recipe`).
+
+    Args:
+        cfg: the composed run config (``model``, ``energy``, ``loss``, ``exploration``, ``buffer``,
+            ``local_search``, ``teacher``, ``train``, ``seed``).
     """
 
     def __init__(self, cfg: DictConfig):
@@ -76,31 +103,40 @@ class SamplerModule(L.LightningModule):
         self.energy = build_energy(cfg)
         self.gfn = build_gfn(cfg, self.energy)
         self.exploration = instantiate(cfg.exploration)  # checked by check_config
-        self.teaching = Teacher(cfg) if cfg.teacher.name == "adaptive" else None
-        self.teacher_gfn = build_teacher_gfn(cfg, self.energy, build_gfn) if self.teaching else None
-        self.phases = TeacherSchedule() if self.teaching else PhaseSchedule(cfg.train.phases)
+        has_teacher = cfg.teacher.get("_target_") is not None
+        self.teacher_gfn = build_teacher_gfn(cfg, self.energy) if has_teacher else None
+        self.teaching: AdaptiveTeacher | None = build_group(cfg, "teacher", gfn=self.teacher_gfn)
+        t = cfg.train
         self.forward_loss_name = loss_name(cfg.loss.name)
-        self.backward_loss_name = loss_name(cfg.train.backward_loss)
-        self.forward_loss = get_loss(self.forward_loss_name, cfg.loss.lam)
-        self.backward_loss = get_loss(self.backward_loss_name, cfg.loss.lam)
+        self.backward_loss_name = loss_name(t.backward_loss)
         self.reparam = LOSSES[self.forward_loss_name].reparam
         self.seed = int(cfg.seed)
-        # read once: an OmegaConf lookup costs tens of µs, and these sit on the per-step path
-        self.batch_size = int(cfg.train.batch_size)
-        self.grad_clip = None if cfg.train.grad_clip is None else float(cfg.train.grad_clip)
-        self.warm_start_log_Z = cfg.model.get("log_Z_init") == "auto"
-        self.generator: torch.Generator | None = None
-        self._pending_generator_state: torch.Tensor | None = None
-        self.stats: dict[str, torch.Tensor | float | str] = {}
-        self.phase_counts: dict[str, int] = {}  # steps per phase kind so far (saved in checkpoints)
-        self.last_losses: dict[str, torch.Tensor] = {}  # latest loss per phase kind (logged side by side)
-        self.offpolicy = OffPolicy(cfg, self.energy.dim, store_forward="first" if self.teaching else "always")
-        uses_exact = not self.teaching and cfg.train.phases != "forward" and cfg.train.backward_source == "exact"
+        uses_exact = not has_teacher and t.phases != "forward" and t.backward_source == "exact"
         if uses_exact and not getattr(self.energy, "has_sampler", False):
             raise ConfigError(
                 f"train.backward_source=exact needs exact samples, but {type(self.energy).__name__} has no sample(); "
                 "use train.backward_source=buffer or local_search, or train.phases=forward"
             )
+        self.recipe = Recipe(
+            self.gfn,
+            get_loss(self.forward_loss_name, cfg.loss.lam),
+            exploration=self.exploration,
+            phases=TeacherSchedule() if has_teacher else PhaseSchedule(t.phases),
+            backward_loss=get_loss(self.backward_loss_name, cfg.loss.lam),
+            replay=build_group(cfg, "buffer", dim=self.energy.dim),
+            local_search=build_group(cfg, "local_search"),
+            backward_source=t.backward_source,
+            teacher=self.teaching,
+            batch_size=int(t.batch_size),
+            grad_clip=None if t.grad_clip is None else float(t.grad_clip),
+            energy=self.energy,
+            reparam=self.reparam,
+            warm_start_log_Z=cfg.model.get("log_Z_init") == "auto",
+        )
+        self.offpolicy = self.recipe.offpolicy  # buffers and local search (logged by the run callback)
+        self.generator: torch.Generator | None = None
+        self._pending_generator_state: torch.Tensor | None = None
+        self.stats: dict[str, torch.Tensor | float | str] = {}
 
     # Lightning sets _current_fx_name on every hook call (~30 times a step) and train_step replaces stats every step:
     # plain values, so they skip nn.Module.__setattr__'s parameter/buffer/sub-module bookkeeping.
@@ -123,15 +159,13 @@ class SamplerModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._ensure_generator()
-        self.offpolicy.to(self.device)
+        self.recipe.to(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["sampler_state"] = {
             "generator": self._ensure_generator().get_state(),
             "seed": self.seed,
-            "offpolicy": self.offpolicy.state_dict(),
-            "phase_counts": {k: torch.tensor(v) for k, v in self.phase_counts.items()},
-            "last_losses": dict(self.last_losses),
+            **self.recipe.state_dict(),  # offpolicy, phase_counts, last_losses
             "n_energy_calls": torch.tensor(self.n_energy_calls, dtype=torch.int64),
         }
 
@@ -141,9 +175,7 @@ class SamplerModule(L.LightningModule):
             raise ConfigError("checkpoint has no sampler_state: it was not written by sampler")
         self.generator = None
         self._pending_generator_state = state["generator"]
-        self.offpolicy.load_state_dict(state.get("offpolicy", {}))
-        self.phase_counts = {k: int(v) for k, v in state.get("phase_counts", {}).items()}
-        self.last_losses = dict(state.get("last_losses", {}))
+        self.recipe.load_state_dict(state)
         if isinstance(self.energy, Energy):
             if "n_energy_calls" not in state:
                 log.warning("checkpoint has no n_energy_calls (written before they were counted): counting from 0")
@@ -155,32 +187,19 @@ class SamplerModule(L.LightningModule):
         parametrisation, ∇log r at every step), local search, teacher, the log Z warm start — not evaluation."""
         return int(getattr(self.energy, "n_energy_calls", 0))
 
+    @property
+    def phase_counts(self) -> dict[str, int]:
+        """Steps per phase kind so far (saved in checkpoints)."""
+        return self.recipe.phase_counts
+
     # ------------------------------------------------------------------------------------------------ optimisers
     def configure_optimizers(self):
         t = self.cfg.train
-        groups = [
-            {"params": self.gfn.policy_parameters(), "lr": t.lr_policy, "name": "policy"},
-            {"params": self.gfn.flow_parameters(), "lr": t.lr_flow, "name": "flow"},
-        ]
-        if self.gfn.backward_parameters():
-            groups.append({"params": self.gfn.backward_parameters(), "lr": t.lr_back, "name": "backward"})
-        n_grouped = sum(len(g["params"]) for g in groups)
-        n_all = len(list(self.gfn.parameters()))
-        if n_grouped != n_all:
-            raise RuntimeError(f"parameter groups cover {n_grouped} of {n_all} GFN parameters")
-        opt = torch.optim.Adam(groups, weight_decay=t.weight_decay)
+        lr_flow = flow_lr(self.cfg.loss.name, t.lr_flow)
+        opt = torch.optim.Adam(param_groups(self.gfn, t.lr_policy, lr_flow, t.lr_back), weight_decay=t.weight_decay)
         opts = [opt]
-        if self.teacher_gfn is not None:
-            lr = t.lr_policy * self.cfg.teacher.lr_multiplier
-            opts.append(
-                torch.optim.Adam(
-                    [
-                        {"params": self.teacher_gfn.policy_parameters(), "lr": lr, "name": "teacher_policy"},
-                        {"params": self.teacher_gfn.flow_parameters(), "lr": t.lr_flow, "name": "teacher_flow"},
-                        {"params": self.teacher_gfn.backward_parameters(), "lr": lr, "name": "teacher_backward"},
-                    ]
-                )
-            )
+        if self.teaching is not None:
+            opts.append(torch.optim.Adam(self.teaching.param_groups(t.lr_policy, lr_flow)))
         if len(t.lr_milestones) == 0:
             return opts
         scheds = [
@@ -191,42 +210,7 @@ class SamplerModule(L.LightningModule):
     # --------------------------------------------------------------------------------------------------- training
     def trajectories(self, phase: str, step: int) -> Trajectories:
         """A training batch for ``phase`` (``forward``: explored rollouts; ``backward``: bridges from targets)."""
-        gen = self._ensure_generator()
-        B = self.batch_size
-        if phase == "forward":
-            eps = self.exploration(step)
-            return self.gfn.rollout_forward(B, exploration_std=eps, generator=gen, reparam=self.reparam)
-        with torch.no_grad():
-            x = self.offpolicy.terminals(B, step, self.energy, gen)
-        return self.gfn.rollout_backward(x, generator=gen)
-
-    @torch.no_grad()
-    def _warm_start_log_Z(self, gen: torch.Generator) -> None:
-        """``model.log_Z_init=auto``: start log Z at the importance-weighted estimate of the untrained policy's first
-        batch instead of 0 — on many-well (log Z ≈ 165) an lr-0.1 log Z from 0 is still far off after 1000 steps."""
-        if self.gfn.log_Z is None:
-            return
-        log_w = self.gfn.rollout_forward(self.batch_size, generator=gen).log_weight().double()
-        estimate = log_mean_exp(log_w)
-        if torch.isfinite(estimate):
-            self.gfn.log_Z.fill_(float(estimate))
-            log.info("log Z warm start: %.4g", float(estimate))
-
-    def _teacher_step(self, student_traj: Trajectories, opt, gen: torch.Generator) -> torch.Tensor:
-        """One teacher TB step on this step's student terminal states (as the reference does every step)."""
-        threshold = float(self.offpolicy.threshold)
-        r_t = self.teaching.reward(student_traj.detach(), threshold)
-        loss = self.teaching.loss(
-            self.teacher_gfn, student_traj.terminal_states.detach(), r_t, student_traj.log_reward.detach(), gen
-        )
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError("non-finite teacher loss")
-        opt.zero_grad(set_to_none=True)
-        self._backward(loss)
-        if self.teaching.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.teacher_gfn.parameters(), self.teaching.grad_clip)
-        opt.step()
-        return loss.detach()
+        return self.recipe.trajectories(phase, step, self._ensure_generator())
 
     def training_step(self, batch, batch_idx):
         opts = self.optimizers()
@@ -239,68 +223,18 @@ class SamplerModule(L.LightningModule):
         return loss  # the progress bar shows self.stats["loss"] (callbacks.LossProgressBar)
 
     def train_step(self, step: int, opt, teacher_opt=None) -> torch.Tensor:
-        """One optimisation step at ``step`` (phase → trajectories → loss → update), with the given optimisers.
+        """One optimisation step at ``step`` (:meth:`sampler.recipe.Recipe.step`), with the given optimisers.
 
         ``training_step`` calls it under Lightning; benchmarks and custom loops may call it directly. The energy's
         log-reward evaluations during the step are counted (``stats["n_energy_calls"]``, the running total).
         """
         with counting_energy_calls(self.energy):
-            loss = self._train_step(step, opt, teacher_opt)
+            self.stats = self.recipe.step(
+                step, opt, teacher_opt, generator=self._ensure_generator(), backward=self._backward
+            )
         if isinstance(self.energy, Energy):
             self.stats["n_energy_calls"] = float(self.energy.n_energy_calls)
-        return loss
-
-    def _train_step(self, step: int, opt, teacher_opt=None) -> torch.Tensor:
-        kind = self.phases(step)
-        phase = "forward" if kind == "forward" else "backward"
-        gen = self._ensure_generator()
-        if self.teaching is not None:
-            threshold = self.offpolicy.ensure_threshold(self.gfn, gen)
-            if kind == "teacher":
-                x, key = self.teaching.propose(self.teacher_gfn, self.gfn, self.batch_size, threshold, gen)
-                if len(x):
-                    self.offpolicy.buffer.add(x, key)
-        if step == 0 and self.warm_start_log_Z:
-            self._warm_start_log_Z(gen)
-        traj = self.trajectories(phase, step)
-        n_bad = int((~torch.isfinite(traj.log_reward)).sum())
-        if n_bad:
-            raise NonFiniteRewardError(
-                f"non-finite log-reward at step {step} ({phase} phase): {n_bad} of {traj.batch_size} trajectories"
-            )
-        loss_fn = self.forward_loss if phase == "forward" else self.backward_loss
-        per_sample = loss_fn(traj)  # [B]
-        loss = per_sample.mean()
-        if not torch.isfinite(loss):
-            n_bad = int((~torch.isfinite(per_sample)).sum())
-            raise NonFiniteLossError(
-                f"non-finite loss at step {step} ({phase} phase): {n_bad} of {per_sample.numel()} per-trajectory losses"
-            )
-        opt.zero_grad(set_to_none=True)
-        self._backward(loss)
-        grad_norm = None
-        if self.grad_clip is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.gfn.parameters(), self.grad_clip)
-        opt.step()
-        if phase == "forward":
-            with torch.no_grad():
-                self.offpolicy.store(traj, self.gfn, gen)
-        teacher_loss = self._teacher_step(traj, teacher_opt, gen) if self.teaching is not None else None
-        eps = self.exploration(step) if phase == "forward" else None
-        self.phase_counts[kind] = self.phase_counts.get(kind, 0) + 1
-        total = sum(self.phase_counts.values())
-        self.stats = {"loss": loss.detach(), "phase": kind, "eps": float(eps or 0.0)}
-        self.stats.update({f"share_{k}": v / total for k, v in self.phase_counts.items()})
-        self.last_losses[kind] = loss.detach()
-        if len(self.last_losses) > 1:  # a logged row shows one phase's loss; keep the others' latest beside it
-            self.stats.update({f"loss_{k}": v for k, v in self.last_losses.items()})
-        if teacher_loss is not None:
-            self.stats["teacher_loss"] = teacher_loss
-        if traj.log_Z is not None:
-            self.stats["log_Z"] = traj.log_Z.detach().float().mean()
-        if grad_norm is not None:
-            self.stats["grad_norm"] = grad_norm.detach()
-        return loss.detach()
+        return self.stats["loss"]
 
     def _backward(self, loss: torch.Tensor) -> None:
         if self._trainer is not None:
