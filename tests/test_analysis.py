@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from sampler.analysis.diff import diff_runs
 from sampler.analysis.reproduce import reproduce
 from sampler.analysis.runs import group_runs, load_run
-from sampler.cli import UsageError
+from sampler.app.cli import UsageError
 from sampler.training.run import train
 
 CURVES = ["trainer.log_every_n_steps=1"]  # a training row every step, so there are curves to plot
@@ -41,7 +41,7 @@ def script(name: str):
 
 
 def call(name: str, *argv: str, capsys) -> tuple[int, str, str]:
-    """``(exit status, stdout, stderr)`` of a script's `main`, with `UsageError` mapped as `sampler.cli.run` does."""
+    """``(exit status, stdout, stderr)`` of a script's `main`, `UsageError` mapped as `sampler.app.cli.run` does."""
     try:
         status = script(name)([str(a) for a in argv])
     except UsageError as err:
@@ -215,11 +215,15 @@ def test_diff_of_tb_and_subtb_names_exactly_the_keys_the_loss_changes(sweep, tmp
     tb, subtb = composed["tb"], composed["subtb"]
     expected = {k for k in tb.keys() | subtb.keys() if tb.get(k) != subtb.get(k) and not k.startswith("paths.")}
     assert "loss.name" in expected and "seed" not in expected
+    # train.lr_flow composes to null for both (the objective's own flow lr) and the runs record the numbers
+    assert tb["train.lr_flow"] is None and subtb["train.lr_flow"] is None
+    expected.add("train.lr_flow")
 
     status, out, _ = call("diff_runs", run_of(sweep, "tb", 0), run_of(sweep, "subtb", 0), capsys=capsys)
     assert status == 1
     assert set(config_section(out)) == expected
     assert "  loss.name            tb → subtb" in out.splitlines()
+    assert "  train.lr_flow        0.1 → 0.01" in out.splitlines()
     assert "hydra choices (A → B)" in out and "  loss  tb → subtb" in out.splitlines()
     a = json.loads((run_of(sweep, "tb", 0) / "metrics.json").read_text())
     b = json.loads((run_of(sweep, "subtb", 0) / "metrics.json").read_text())

@@ -25,6 +25,7 @@ class Funnel(Energy):
 
     log_Z = 0.0
     plot_range = (-10.0, 10.0)
+    t_scale = 1.0  # σ² of Sendera et al.'s protocol
 
     def __init__(self, dim: int = 10, x0_std: float = 3.0) -> None:
         super().__init__()
@@ -34,8 +35,6 @@ class Funnel(Energy):
             raise ValueError(f"x0_std must be positive (got {x0_std})")
         self.dim = int(dim)
         self.x0_std = float(x0_std)
-        # No parameters: an empty buffer lets ``.to(device)`` move the energy and ``self.device`` report it.
-        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
 
     def _log_x0(self, x0: torch.Tensor) -> torch.Tensor:
         """log N(x0; 0, s²), any shape."""

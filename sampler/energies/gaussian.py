@@ -19,6 +19,8 @@ class DiagonalGaussian(Energy):
         log_Z: the (known) log-normaliser added to the normalised log-density.
     """
 
+    t_scale = 1.0  # σ² of the reference process: N(0, I) itself at t = 1
+
     def __init__(
         self, dim: int = 2, mean: float | list[float] = 0.0, std: float | list[float] = 1.0, log_Z: float = 0.0
     ):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sampler.energies.base import Energy
+from sampler.energies.base import Energy, plot_limits
 
 
 class GaussianMixture(Energy):
@@ -21,7 +21,7 @@ class GaussianMixture(Energy):
     Args:
         means: mode centres, shape ``[M, d]`` (anything ``torch.as_tensor`` accepts).
         var: the common scalar variance of every component.
-        plot_range: (low, high) of the square plotting window.
+        plot_range: the plotting window, ``(lo, hi)`` for both axes or ``((x_lo, x_hi), (y_lo, y_hi))``.
     """
 
     log_Z = 0.0
@@ -30,7 +30,7 @@ class GaussianMixture(Energy):
         self,
         means: torch.Tensor | Sequence[Sequence[float]],
         var: float,
-        plot_range: tuple[float, float] = (-10.0, 10.0),
+        plot_range: tuple[float, float] | tuple[tuple[float, float], tuple[float, float]] = (-10.0, 10.0),
     ) -> None:
         super().__init__()
         means = torch.as_tensor(means, dtype=torch.get_default_dtype())
@@ -42,7 +42,9 @@ class GaussianMixture(Energy):
         self.var = float(var)
         self.dim = int(means.shape[1])
         self.mode_std = math.sqrt(self.var)
-        self.plot_range = (float(plot_range[0]), float(plot_range[1]))
+        self.plot_range = plot_range
+        x_limits, y_limits = plot_limits(self)  # validated, as floats
+        self.plot_range = x_limits if x_limits == y_limits else (x_limits, y_limits)
 
     @property
     def n_modes(self) -> int:
@@ -50,12 +52,8 @@ class GaussianMixture(Energy):
 
     @property
     def mode_centres(self) -> torch.Tensor:
+        """The means ``[M, d]`` (the mixture is equal-weight: ``mode_weights`` keeps its default 1/M each)."""
         return self.means
-
-    @property
-    def mode_weights(self) -> torch.Tensor:
-        """``[M]`` float64 mixture weights: 1/M each (the mixture is equal-weight)."""
-        return torch.full((self.n_modes,), 1.0 / self.n_modes, dtype=torch.float64)
 
     def _component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """Per-component log N(x; μ_m, var·I), ``[B, M]``. The squared distances are summed one coordinate at a
@@ -137,12 +135,16 @@ def _grid_means(coords: Sequence[float]) -> torch.Tensor:
 class GMM9(GaussianMixture):
     """9 modes on {-5, 0, 5}², variance 0.3."""
 
+    t_scale = 5.0  # σ² of the protocol (as for the 25-mode mixture)
+
     def __init__(self, var: float = 0.3, plot_range: tuple[float, float] = (-8.0, 8.0)) -> None:
         super().__init__(_grid_means([-5.0, 0.0, 5.0]), var=var, plot_range=plot_range)
 
 
 class GMM25(GaussianMixture):
     """25 modes on {-10, -5, 0, 5, 10}², variance 0.3 (the Sendera et al. 25GMM)."""
+
+    t_scale = 5.0  # σ² of Sendera et al.'s protocol
 
     def __init__(self, var: float = 0.3, plot_range: tuple[float, float] = (-14.0, 14.0)) -> None:
         super().__init__(_grid_means([-10.0, -5.0, 0.0, 5.0, 10.0]), var=var, plot_range=plot_range)
@@ -195,6 +197,8 @@ GMM40_MEANS: list[list[float]] = [
 
 class GMM40(GaussianMixture):
     """40 modes at fixed uniform-random positions in [-40, 40]² (:data:`GMM40_MEANS`), unit variance."""
+
+    t_scale = 5.0  # σ² (as for the 25-mode mixture)
 
     def __init__(self, var: float = 1.0, plot_range: tuple[float, float] = (-50.0, 50.0)) -> None:
         super().__init__(GMM40_MEANS, var=var, plot_range=plot_range)

@@ -109,6 +109,7 @@ class ManyWell(Energy):
     """
 
     plot_range = (-3.0, 3.0)
+    t_scale = 1.0  # σ² of Sendera et al.'s protocol
 
     def __init__(self, dim: int = 32) -> None:
         super().__init__()
@@ -116,8 +117,6 @@ class ManyWell(Energy):
             raise ValueError(f"energy.dim must be even for manywell (got {dim})")
         self.dim = int(dim)
         self.log_Z = 0.5 * self.dim * (DOUBLE_WELL_LOG_Z + 0.5 * _LOG_2PI)
-        # No parameters: an empty buffer lets ``.to(device)`` move the energy and ``self.device`` report it.
-        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
 
     def log_reward(self, x: torch.Tensor) -> torch.Tensor:
         """log r(x) = Σ_k [-a_k⁴ + 6a_k² + 0.5a_k - 0.5b_k²] with a_k = x_{2k}, b_k = x_{2k+1} (unnormalised).

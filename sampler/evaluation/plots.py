@@ -17,7 +17,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from sampler.energies.base import Energy
+from sampler.energies.base import Energy, plot_limits
 from sampler.evaluation.metrics import energy_calls_paused
 
 log = logging.getLogger(__name__)
@@ -28,9 +28,10 @@ _MAX_POINTS = 2000  # scatter at most this many samples per panel
 
 def _density_grid(energy: Energy) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(X, Y, density normalised to max 1) on the plot window, or None if no 2-D marginal is available."""
-    lo, hi = energy.plot_range
-    axis = torch.linspace(lo, hi, _GRID, device=energy.device)
-    gx, gy = torch.meshgrid(axis, axis, indexing="xy")
+    (x_lo, x_hi), (y_lo, y_hi) = plot_limits(energy)
+    x_axis = torch.linspace(x_lo, x_hi, _GRID, device=energy.device)
+    y_axis = torch.linspace(y_lo, y_hi, _GRID, device=energy.device)
+    gx, gy = torch.meshgrid(x_axis, y_axis, indexing="xy")
     xy = torch.stack([gx.flatten(), gy.flatten()], dim=1)  # [G², 2]
     with torch.no_grad(), energy_calls_paused(energy):  # a figure is not part of the training budget
         logp = energy.marginal_log_density_2d(xy)
@@ -43,16 +44,18 @@ def _density_grid(energy: Energy) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
 
 
 def _panel(ax: Axes, energy: Energy, grid, points: torch.Tensor, label: str, colour: str) -> None:
-    lo, hi = energy.plot_range
+    (x_lo, x_hi), (y_lo, y_hi) = plot_limits(energy)
     if grid is not None:
         ax.contourf(*grid, levels=20, cmap="Blues")
     pts = points.detach().double().cpu()[:_MAX_POINTS, :2].numpy()
     ax.scatter(pts[:, 0], pts[:, 1], s=2, c=colour, alpha=0.6, linewidths=0)
+    lo, hi = np.array([x_lo, y_lo]), np.array([x_hi, y_hi])
     outside = int(((pts < lo) | (pts > hi)).any(axis=1).sum())
     ax.set_title(label + (f" ({outside} of {len(pts)} outside window)" if outside else ""), fontsize=9)
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_aspect("equal")
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_lo, y_hi)
+    if x_hi - x_lo == y_hi - y_lo:
+        ax.set_aspect("equal")  # a square window: one unit is as long on both axes; else each axis fills its side
     ax.set_xlabel("$x_0$")
     ax.set_ylabel("$x_1$")
 
@@ -63,9 +66,9 @@ def plot_samples(
     """Scatter model samples over the target density in the (x0, x1) plane and save a PNG.
 
     The background is filled contours of ``exp(marginal_log_density_2d − max)`` on a 200×200 grid over
-    ``energy.plot_range`` (the full density for 2-D targets; omitted when the energy has no 2-D marginal). When
-    ``exact`` is given a second panel shows exact samples on the same background for comparison. At most 2000
-    points are drawn per panel.
+    ``energy.plot_range`` — ``(lo, hi)`` for both axes or ``((x_lo, x_hi), (y_lo, y_hi))`` — (the full density for
+    2-D targets; omitted when the energy has no 2-D marginal). When ``exact`` is given a second panel shows exact
+    samples on the same background for comparison. At most 2000 points are drawn per panel.
 
     Args:
         energy: the target (gives the window, the density and the name).

@@ -17,6 +17,7 @@ __all__ = [
     "ALIASES",
     "LossSpec",
     "get_loss",
+    "flow_lr",
     "trajectory_balance",
     "vargrad",
     "detailed_balance",
@@ -36,6 +37,8 @@ class LossSpec:
         forward: usable on forward (sampled) trajectories.
         backward: usable on backward trajectories from target/buffer samples.
         reparam: needs gradients through the sampled states.
+        lr_flow: the learning rate of log Z or the state flow it is trained with when ``train.lr_flow`` is null
+            (Sendera et al. 2024: 1e-1 for a scalar log Z, 1e-2 for the state flows of DB and SubTB).
     """
 
     fn: Callable[..., torch.Tensor]
@@ -43,18 +46,26 @@ class LossSpec:
     forward: bool = True
     backward: bool = True
     reparam: bool = False
+    lr_flow: float = 1e-1
 
 
 LOSSES: dict[str, LossSpec] = {
     "tb": LossSpec(trajectory_balance, ("scalar", "conditional", "forward_looking")),
     "vargrad": LossSpec(vargrad, ("scalar", "conditional", "forward_looking")),
-    "db": LossSpec(detailed_balance, ("conditional", "forward_looking")),
-    "subtb": LossSpec(subtrajectory_balance, ("conditional", "forward_looking")),
-    "fl_subtb": LossSpec(subtrajectory_balance, ("forward_looking",)),
+    "db": LossSpec(detailed_balance, ("conditional", "forward_looking"), lr_flow=1e-2),
+    "subtb": LossSpec(subtrajectory_balance, ("conditional", "forward_looking"), lr_flow=1e-2),
+    "fl_subtb": LossSpec(subtrajectory_balance, ("forward_looking",), lr_flow=1e-2),
     "pis": LossSpec(pis_kl, ("scalar", "conditional", "forward_looking"), backward=False, reparam=True),
     "mle": LossSpec(maximum_likelihood, ("scalar", "conditional", "forward_looking"), forward=False),
 }
 ALIASES = {"tb_avg": "vargrad"}
+
+
+def flow_lr(name: str, configured: float | None = None) -> float:
+    """The flow learning rate: ``configured`` (``train.lr_flow``) when given, else the objective ``name``'s."""
+    if configured is not None:
+        return float(configured)
+    return LOSSES[ALIASES.get(name, name)].lr_flow
 
 
 def get_loss(name: str, lam: float = 2.0) -> Callable[[Trajectories], torch.Tensor]:

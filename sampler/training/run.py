@@ -37,9 +37,10 @@ from torch.utils.data import Dataset
 
 from sampler.energies.base import NonFiniteRewardError
 from sampler.evaluation import plot_metric_curves
-from sampler.training.callbacks import LossProgressBar, RunCallback, StopSignals, run_evaluation, samples_plot
+from sampler.training.callbacks import RunCallback, StopSignals, progress_bar, run_evaluation, samples_plot
 from sampler.training.checkpointing import CheckpointError, find_resume_checkpoint, has_checkpoint
 from sampler.training.config_check import ConfigError, check_config
+from sampler.training.legacy import upgrade_config
 from sampler.training.loggers import build_run_log
 from sampler.training.manifest import build_manifest, now, write_atomic, write_json
 from sampler.training.metrics_csv import MetricsCSV
@@ -102,6 +103,23 @@ def run_dir_of(cfg: DictConfig) -> Path:
         raise ConfigError("paths.run_dir is not set (outside `scripts/train.py`, pass paths.run_dir=DIR)") from err
 
 
+def _record_defaults(cfg: DictConfig) -> None:
+    """Settings left null to mean "the component's own" — ``model.t_scale`` (the energy's declared σ²) and
+    ``train.lr_flow`` (the objective's flow lr) — written into the config as numbers, so that the run's saved config
+    says what it trained with (and compares equal to a run that set them explicitly)."""
+    if "model" in cfg and "t_scale" in cfg.model and cfg.model.t_scale is None:
+        from sampler.energies.base import resolve_t_scale  # noqa: PLC0415
+        from sampler.training.module import build_energy  # noqa: PLC0415 - module imports this file's neighbours
+
+        with open_dict(cfg):
+            cfg.model.t_scale = resolve_t_scale(None, build_energy(cfg))
+    if "train" in cfg and cfg.train.get("lr_flow", 0.0) is None:
+        from sampler.losses import flow_lr  # noqa: PLC0415
+
+        with open_dict(cfg):
+            cfg.train.lr_flow = flow_lr(cfg.loss.name)
+
+
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Train (or resume) the run described by ``cfg`` and evaluate it.
 
@@ -120,6 +138,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     """
     hydra_files = _hydra_job_files(cfg)  # the config as Hydra handed it over
     check_config(cfg)
+    _record_defaults(cfg)
     run_dir = run_dir_of(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     try:
@@ -186,7 +205,7 @@ def _check_same_config(run_dir: Path, resolved: dict) -> None:
     if not saved.exists():
         return
     try:
-        previous = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+        previous = OmegaConf.to_container(upgrade_config(OmegaConf.load(saved)), resolve=True)
         if not isinstance(previous, dict) or not previous:
             raise ValueError("not a mapping of config keys")
     except Exception as err:  # noqa: BLE001 - YAML, interpolation and type errors alike mean an unreadable file
@@ -316,9 +335,10 @@ def _fit_and_evaluate(
     trainer_kw = {
         k: v
         for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-        if k not in ("log_every_n_steps", "max_steps")
+        if k not in ("log_every_n_steps", "max_steps", "progress_every")
     }
-    progress = [LossProgressBar()] if trainer_kw.get("enable_progress_bar", True) else []
+    every = cfg.trainer.get("progress_every")  # lines when stdout is not a terminal (callbacks.progress_bar)
+    progress = [progress_bar(steps, every)] if trainer_kw.get("enable_progress_bar", True) else []
     trainer = L.Trainer(
         max_steps=steps,
         max_epochs=-1,
@@ -538,7 +558,7 @@ def find_unfinished_twin(run_dir: Path, resolved: dict) -> Path | None:
         if is_locked(other):
             continue
         try:
-            previous = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+            previous = OmegaConf.to_container(upgrade_config(OmegaConf.load(saved)), resolve=True)
         except Exception:  # noqa: BLE001 - an unreadable config is not a twin
             continue
         if not _changed_keys(previous, resolved, ignore=("paths",)):
