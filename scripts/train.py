@@ -3,8 +3,8 @@
 import sys
 from pathlib import Path
 
-from sampler.composing import composition_error
-from sampler.launching import launcher_error
+from sampler.app.composition import composition_error
+from sampler.app.launchers import launcher_error
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the config_path of @hydra.main below
 
@@ -21,10 +21,13 @@ from omegaconf import DictConfig  # noqa: E402
 
 import sampler.training  # noqa: E402, F401  (registers the config resolvers)
 from sampler.training.run import main  # noqa: E402
+from sampler.training.search import run_trial, under_optuna  # noqa: E402
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> float | None:
+    if under_optuna():  # a trial of `-m +search=NAME`: the study's objective, search.objective of metrics.json
+        return run_trial(cfg)
     metrics = main(cfg)
     return metrics.get("dlogZ_rw")
 

@@ -1,21 +1,24 @@
 """The run callback: training rows in ``metrics.csv``, periodic evaluation with plots, atomic checkpoints, and a
-clean stop (checkpoint first) when the process is asked to terminate (:class:`StopSignals`)."""
+clean stop (checkpoint first) when the process is asked to terminate (:class:`StopSignals`); and the progress
+display: a bar on a terminal, one plain line every N steps in a log file (:func:`progress_bar`)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
 from sampler.evaluation import evaluate, plot_samples
 from sampler.training.checkpointing import LAST, save_atomic
+from sampler.training.config_check import ConfigError
 from sampler.training.loggers import RunLog
 from sampler.training.manifest import named_write_error
 
@@ -202,3 +205,107 @@ class LossProgressBar(TQDMProgressBar):
         if loss is not None:
             items["loss"] = f"{float(loss):.4g}"
         return items
+
+
+#: Lines a run prints when its output is not a terminal and ``trainer.progress_every`` is not set.
+PROGRESS_LINES = 50
+
+
+def progress_bar(steps: int, every: int | None = None, stream=None) -> ProgressBar:
+    """The progress display for a run of ``steps`` steps: Lightning's bar (:class:`LossProgressBar`) when ``stream``
+    is a terminal (or a Jupyter kernel), else :class:`PlainProgress`, one line every ``every`` steps.
+
+    A bar redraws itself with carriage returns after every step, which a log file (SLURM, CI, ``nohup``) keeps:
+    hundreds of kilobytes for a 1000-step run.
+
+    Args:
+        steps: the run's ``trainer.max_steps``.
+        every: steps between lines when not on a terminal; ``None``: ``steps // PROGRESS_LINES`` (at least 1).
+        stream: where the output goes (default ``sys.stdout``, where Lightning's bar and Hydra's log lines go).
+
+    Returns:
+        The callback to pass to the ``Trainer``.
+
+    Raises:
+        ConfigError: ``every`` is not a positive integer.
+    """
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ConfigError(f"trainer.progress_every must be a positive integer or null (got {every!r})")
+    stream = sys.stdout if stream is None else stream
+    if _is_terminal(stream):
+        return LossProgressBar()
+    return PlainProgress(steps, every if every is not None else max(1, steps // PROGRESS_LINES))
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        if stream.isatty():
+            return True
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+    return type(stream).__module__.startswith("ipykernel")  # a notebook shows a bar's redraws in place
+
+
+class PlainProgress(ProgressBar):
+    """Progress as one log line every ``every`` steps (and at the last step), for output that is not a terminal::
+
+        step 2500/25000  loss 0.2401  eps 0.1  log_Z 4.817  3.3 it/s  eta 1:08:20
+
+    ``loss``, ``eps`` (the exploration noise) and ``log_Z`` are the module's step statistics; the speed is the mean
+    since this process started training (evaluations included, so the ETA counts the ones to come). The lines go
+    through :mod:`logging`, beside the evaluation lines and into the run's ``train.log`` under Hydra.
+
+    Args:
+        steps: the run's last step (``trainer.max_steps``).
+        every: steps between lines.
+    """
+
+    def __init__(self, steps: int, every: int):
+        super().__init__()
+        self.steps, self.every = int(steps), int(every)
+        self._enabled = True
+        self._start: tuple[float, int] | None = None  # (time, step) when this process started training
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer, pl_module):
+        self._start = (time.perf_counter(), int(trainer.global_step))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = int(trainer.global_step)
+        if self._enabled and (step % self.every == 0 or step == self.steps):
+            log.info("%s", self.line(step, getattr(pl_module, "stats", None)))
+
+    def line(self, step: int, stats: dict | None, now: float | None = None) -> str:
+        """The progress line at ``step`` (completed steps).
+
+        Args:
+            step: steps completed.
+            stats: the module's statistics of the last step (``loss``, ``eps``, ``log_Z``; any may be missing).
+            now: the ``time.perf_counter()`` reading to time against (default: now).
+
+        Returns:
+            ``"step S/N  loss L  eps E  log_Z Z  R it/s  eta H:MM:SS"``.
+        """
+        parts = [f"step {step}/{self.steps}"]
+        for key, fmt in (("loss", ".4g"), ("eps", ".3g"), ("log_Z", ".4g")):
+            value = stats.get(key) if isinstance(stats, dict) else None
+            if isinstance(value, torch.Tensor | float | int) and not isinstance(value, bool):
+                parts.append(f"{key} {float(value):{fmt}}")
+        if self._start is not None:
+            t0, step0 = self._start
+            elapsed = (time.perf_counter() if now is None else now) - t0
+            if step > step0 and elapsed > 0:
+                rate = (step - step0) / elapsed
+                parts.append(f"{rate:.3g} it/s")
+                parts.append(f"eta {_clock(max(0, self.steps - step) / rate)}")
+        return "  ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
