@@ -8,7 +8,7 @@ equal, 1 when they differ, 2 on bad input."""
 from sampler.analysis.cli import ArgumentParser
 from sampler.analysis.diff import diff_runs, format_diff
 from sampler.analysis.runs import NotARunError, load_run
-from sampler.cli import UsageError, run
+from sampler.app.cli import UsageError, run
 
 
 def main(argv: list[str]) -> int:

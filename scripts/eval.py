@@ -9,7 +9,7 @@ By default the evaluation noise is the run's own at the checkpoint's step, so re
 import json
 from pathlib import Path
 
-from sampler.cli import (
+from sampler.app.cli import (
     MAX_SEED,
     device_arg,
     int_arg,

@@ -19,7 +19,7 @@ from sampler.analysis.paper_table import (
     verdict_counts,
 )
 from sampler.analysis.runs import NotARunError, find_run_dirs, load_run
-from sampler.cli import UsageError, run
+from sampler.app.cli import UsageError, run
 
 
 def parser() -> ArgumentParser:

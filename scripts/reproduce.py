@@ -19,7 +19,7 @@ from sampler.analysis.reproduce import (
     reproduce,
 )
 from sampler.analysis.runs import NotARunError
-from sampler.cli import UsageError, run
+from sampler.app.cli import UsageError, run
 
 
 def main(argv: list[str]) -> int:

@@ -4,7 +4,7 @@ out=samples.pt [seed=0] [batch=10000] [device=cpu] [config=PATH] [trust=NAME,...
 
 import os
 
-from sampler.cli import (
+from sampler.app.cli import (
     MAX_SEED,
     UsageError,
     device_arg,

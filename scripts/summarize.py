@@ -12,7 +12,7 @@ from pathlib import Path
 from sampler.analysis.cli import ArgumentParser
 from sampler.analysis.runs import NotARunError, find_run_dirs, group_runs, is_reproduction, load_run
 from sampler.analysis.summary import FORMATS, available_metrics, default_metrics, describe, format_table, plot_curves
-from sampler.cli import UsageError, run
+from sampler.app.cli import UsageError, run
 
 
 def parser() -> ArgumentParser:

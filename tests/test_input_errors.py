@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, TINY
 
 import sampler.training.module as module
-from sampler.composing import composition_error
+from sampler.app.composition import composition_error
 from sampler.energies import ENERGIES, Energy
 from sampler.energies.protocol import check_energy
 from sampler.exploration import Constant, CosineDecay, ExponentialDecay, LinearDecay

@@ -19,7 +19,7 @@ import torch
 import yaml
 from conftest import ROOT, TINY, compose_cfg
 
-from sampler.cli import UsageError
+from sampler.app.cli import UsageError
 from sampler.training.run import train
 from sampler.training.trust import UntrustedTargetError, check_targets
 
@@ -113,7 +113,7 @@ def main_of(name: str):
 
 
 def refused(name: str, *argv) -> str:
-    """The one-line message with which `scripts/<name>.py` refuses ``argv`` (`sampler.cli.run` prints it as
+    """The one-line message with which `scripts/<name>.py` refuses ``argv`` (`sampler.app.cli.run` prints it as
     ``error: <message>`` and exits 2)."""
     with pytest.raises(UsageError) as err:
         main_of(name)([str(a) for a in argv])

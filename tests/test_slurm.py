@@ -21,7 +21,7 @@ from conftest import CONF, ROOT, TINY
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sampler.launching import slurm_problem
+from sampler.app.launchers import slurm_problem
 from sampler.training.run import is_locked
 
 PY = sys.executable

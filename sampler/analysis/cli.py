@@ -1,11 +1,11 @@
-"""argparse for the analysis scripts, answering bad arguments the way :mod:`sampler.cli` does: ``error: ...`` and
-the usage line on stderr, exit status 2 (via :class:`sampler.cli.UsageError`)."""
+"""argparse for the analysis scripts, answering bad arguments the way :mod:`sampler.app.cli` does: ``error: ...`` and
+the usage line on stderr, exit status 2 (via :class:`sampler.app.cli.UsageError`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from sampler.cli import UsageError
+from sampler.app.cli import UsageError
 
 
 class ArgumentParser(argparse.ArgumentParser):

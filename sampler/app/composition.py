@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 #: The config tree beside the package (an editable install).
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 MULTIRUN_FLAGS = ("-m", "--multirun")
 RUN_FLAGS = ("-r", "--run")
 #: Lines of Hydra's messages that say nothing about the error.
