@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sampler.energies.base import Energy
+from sampler.energies.base import Energy, resolve_t_scale
 from sampler.gfn.heads import BridgeHead, ForwardHead
 from sampler.gfn.nets import StateTimeNet, TimeScaleNet
 from sampler.gfn.reference import ReferenceEngine
@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 FLOWS = ("scalar", "conditional", "forward_looking")
 ENGINES = ("auto", "reference", "fused", "native")
-#: σ² for an energy that declares none (``model.t_scale: null`` and no ``t_scale`` on the energy).
-DEFAULT_T_SCALE = 1.0
 
 
 class DiffusionGFN(nn.Module):
@@ -106,7 +104,7 @@ class DiffusionGFN(nn.Module):
         object.__setattr__(self, "energy", energy)  # not registered: its state is not ours
         d = energy.dim
         self.dim, self.T, self.dt = d, int(T), 1.0 / T
-        self.t_scale = float(_resolve_t_scale(t_scale, energy))
+        self.t_scale = resolve_t_scale(t_scale, energy)
         self.learned_variance, self.log_var_range = learned_variance, float(log_var_range)
         self.langevin, self.clipping = langevin, clipping
         self.lgv_clip, self.out_clip = float(lgv_clip), float(out_clip)
@@ -267,19 +265,3 @@ def _check_policy(policy: nn.Module) -> None:
                 f"model.policy ({type(policy).__name__}) has no {method}(): a policy needs embed_time(t [T]) -> [T, H] "
                 "and forward(s [..., B, d], t_emb [..., 1, H]) -> [..., B, out] (see docs/design.md, engines)"
             )
-
-
-def _resolve_t_scale(t_scale: float | None, energy) -> float:
-    """σ²: the explicit ``model.t_scale``, else the energy's declared ``t_scale``, else :data:`DEFAULT_T_SCALE`."""
-    if t_scale is not None:
-        return t_scale
-    declared = getattr(energy, "t_scale", None)
-    if declared is not None:
-        return float(declared)
-    log.info(
-        "model.t_scale=null and %s declares no t_scale: using σ² = %s (set model.t_scale=<σ²> or a t_scale attribute "
-        "on the energy; docs/spec.md explains how to choose it)",
-        type(energy).__name__,
-        DEFAULT_T_SCALE,
-    )
-    return DEFAULT_T_SCALE
