@@ -123,9 +123,9 @@ def test_the_cgroup_limit_minus_usage_bounds_the_available_memory(tmp_path, monk
     assert available_bytes("cpu") == 900 * MiB  # what this process holds counts: the estimate includes it
     with pytest.raises(
         ConfigError,
-        match=r"need about 1\.0 GiB \(\(eval\.K=2000\)²: MMD .* 900 MiB are available here — reduce eval\.K$",
+        match=r"need about 1\.1 GiB \(\(eval\.K=2000\)²: MMD .* 900 MiB are available here — reduce eval\.K$",
     ):
-        check_memory(compose_cfg([], tmp_path))  # the defaults need 1.0 GiB, the evaluation's K×K matrices most
+        check_memory(compose_cfg([], tmp_path))  # the defaults need 1.1 GiB, the evaluation's K×K matrices most
 
 
 @pytest.mark.slow

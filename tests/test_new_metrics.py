@@ -28,6 +28,7 @@ from sampler.training.checkpointing import LAST
 from sampler.training.run import train
 
 T, B = 10, 16  # TINY's model.T and train.batch_size
+PLAIN = ["model=pis", "exploration=none"]  # plain on-policy TB, which these counts and steps are written for
 CENTRES = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0], [-10.0, 0.0]])
 
 
@@ -198,10 +199,10 @@ def _train_rows(run_dir) -> list[dict[str, str]]:
 #   log-reward from the student's, no new evaluation.
 LS = ["local_search.n_steps=3", "local_search.burn_in=1"]
 COUNTS = {
-    "forward_tb": ([], 5 * B),
-    "lp": (["model=lp"], 5 * B * (T + 1)),
-    "log_Z_warm_start": (["model.log_Z_init=auto"], B + 5 * B),
-    "exact_backward": (["train.phases=both_ways"], 5 * B),
+    "forward_tb": (PLAIN, 5 * B),
+    "lp": (["model=lp", "exploration=none"], 5 * B * (T + 1)),
+    "log_Z_warm_start": ([*PLAIN, "model.log_Z_init=auto"], B + 5 * B),
+    "exact_backward": ([*PLAIN, "train.phases=both_ways"], 5 * B),
     # steps 0, 2, 4 forward; 1 and 3 backward from the local-search buffer, refilled by MALA at step 1 only
     "both_ways_ls": (["experiment=tb_expl_ls", *LS], 5 * B + B * (1 + 3)),
     "both_ways_lp_ls": (["experiment=tb_expl_lp_ls", *LS], 5 * B * (T + 1) + B * (1 + 3)),
@@ -220,7 +221,7 @@ def test_training_counts_every_log_reward_evaluation(tiny_cfg, case):
 
 
 def test_n_energy_calls_is_in_every_training_row_and_grows_by_the_batch(tiny_cfg):
-    _, objects = train(tiny_cfg("trainer.log_every_n_steps=1"))
+    _, objects = train(tiny_cfg(*PLAIN, "trainer.log_every_n_steps=1"))
     rows = _train_rows(objects["run_dir"])
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
     assert [float(r["n_energy_calls"]) for r in rows] == [float(B * s) for s in range(1, 6)]
@@ -228,7 +229,7 @@ def test_n_energy_calls_is_in_every_training_row_and_grows_by_the_batch(tiny_cfg
 
 def test_a_resumed_run_continues_the_count_bit_identically(tmp_path):
     # Ten steps with an evaluation at step 5 (not counted) and checkpoints at 5 and 10; the copy resumes from 5.
-    overrides = [*TINY, "trainer.max_steps=10", "eval.every=5"]
+    overrides = [*TINY, *PLAIN, "trainer.max_steps=10", "eval.every=5"]
     full = tmp_path / "full"
     final, objects = train(compose_cfg(overrides, full))
     assert final["n_energy_calls"] == 10 * B

@@ -42,7 +42,9 @@ PY = sys.executable
 HERE = Path(__file__).resolve().parent
 
 #: Evaluations and checkpoints share steps 4, 8 (and 12, the end); a training row every step.
-SHARED = [*TINY, "trainer.max_steps=12", "eval.every=4", "checkpoint.every=4", "trainer.log_every_n_steps=1"]
+#: Plain on-policy TB: one log-reward call per training step, which the signal plans below count.
+SHARED = [*TINY, "model=pis", "exploration=none", "trainer.max_steps=12", "eval.every=4", "checkpoint.every=4"]
+SHARED.append("trainer.log_every_n_steps=1")
 #: The lock file records the process that last held it: one refused after taking the lock rewrote it.
 OWN_LOCK = ("run.lock",)
 SIGNALING = ["energy=gaussian", f"energy._target_={__name__}.SignalingGaussian"]
