@@ -156,6 +156,15 @@ def test_different_config_in_an_existing_run_directory_is_refused(tiny_cfg, tmp_
         train(tiny_cfg("loss=vargrad", run_dir=tmp_path / "r"))
 
 
+def test_switching_the_progress_display_resumes_the_same_run(tiny_cfg, tmp_path):
+    # The bar (or its line interval) is how a run is shown, not what it trains: the same run, reported finished.
+    first, _ = train(tiny_cfg(run_dir=tmp_path / "r"))
+    again, _ = train(tiny_cfg("trainer.enable_progress_bar=true", "+trainer.progress_every=2", run_dir=tmp_path / "r"))
+    assert again == first
+    with pytest.raises(ConfigError, match=r"different config \(train.lr_policy\)"):
+        train(tiny_cfg("trainer.enable_progress_bar=true", "train.lr_policy=0.002", run_dir=tmp_path / "r"))
+
+
 def test_a_shifted_anisotropic_gaussian_is_learned(tiny_cfg):
     # A target TB must move and reshape the reference process for: mean (1, -1), stds (0.5, 1.5), log Z = 0.
     cfg = tiny_cfg(

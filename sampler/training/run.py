@@ -214,7 +214,7 @@ def _check_same_config(run_dir: Path, resolved: dict) -> None:
             f"cannot check the config of {run_dir}: {saved.name} is unreadable ({why}); restore it, or delete it "
             "to resume with this command's config"
         ) from err
-    changed = _changed_keys(previous, resolved, ignore=("paths",))
+    changed = _changed_keys(previous, resolved, ignore=DISPLAY_ONLY)
     if changed:
         raise ConfigError(
             f"{run_dir} holds a run with a different config ({', '.join(changed[:5])}); "
@@ -561,7 +561,7 @@ def find_unfinished_twin(run_dir: Path, resolved: dict) -> Path | None:
             previous = OmegaConf.to_container(upgrade_config(OmegaConf.load(saved)), resolve=True)
         except Exception:  # noqa: BLE001 - an unreadable config is not a twin
             continue
-        if not _changed_keys(previous, resolved, ignore=("paths",)):
+        if not _changed_keys(previous, resolved, ignore=DISPLAY_ONLY):
             return other
     return None
 
@@ -668,11 +668,17 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
 
 
+#: Keys that change where a run is or what it prints, not what it trains: resuming (or continuing an unfinished twin)
+#: with a different value of them is the same run (a progress bar switched off for a log file, say).
+DISPLAY_ONLY = ("paths", "trainer.enable_progress_bar", "trainer.progress_every")
+
+
 def _changed_keys(a, b, ignore=(), prefix="") -> list[str]:
+    """The dotted keys whose values differ between two config dicts, except those in ``ignore`` (dotted, any depth)."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b), key=str):
-            if not prefix and k in ignore:
+            if f"{prefix}{k}" in ignore:
                 continue
             out += _changed_keys(a.get(k), b.get(k), ignore, f"{prefix}{k}.")
         return out
