@@ -109,6 +109,19 @@ class ReferenceEngine:
         Returns:
             ``(states [T+1, B, d], ∇log r [T, B, d] or None, [log r per step], log P_F [T, B])``.
         """
+        S, G, log_rs, means, log_vars = self._chain(gfn, n, t_emb, g, eps2, generator)
+        lv = torch.stack(log_vars) if gfn.learned_variance else 0.0
+        log_pf = gaussian_log_prob(S[1:], S[:-1] + gfn.dt * torch.stack(means), gfn.head.variance(lv))
+        return S, G, log_rs, log_pf
+
+    def _chain(self, gfn, n: int, t_emb, g, eps2: float, generator):
+        """The T Gaussian steps from s_0 = 0 (with autograd when it is on: the PIS rollout differentiates through
+        them; the sampling loop runs them without).
+
+        Returns:
+            ``(states [T+1, B, d], ∇log r [T, B, d] or None, [log r per step], [drift per step],
+            [log-variance multiplier per step])``.
+        """
         T, d, dt = gfn.T, gfn.dim, gfn.dt
         s = torch.zeros(n, d, device=t_emb.device)
         states, grads, log_rs, means, log_vars = [s], [], [], [], []
@@ -125,10 +138,7 @@ class ReferenceEngine:
             states.append(s)
             means.append(mean)
             log_vars.append(log_var)
-        S = torch.stack(states)
-        lv = torch.stack(log_vars) if gfn.learned_variance else 0.0
-        log_pf = gaussian_log_prob(S[1:], S[:-1] + dt * torch.stack(means), gfn.head.variance(lv))
-        return S, (torch.stack(grads) if gfn.langevin else None), log_rs, log_pf
+        return torch.stack(states), (torch.stack(grads) if gfn.langevin else None), log_rs, means, log_vars
 
     # -------------------------------------------------------------------- primitives (accelerated engines override)
     def sample_states(self, gfn, n: int, t_emb, g, eps2: float, generator, want_grad: bool):
@@ -146,21 +156,8 @@ class ReferenceEngine:
             ``(states [T+1, B, d], ∇log r [T, B, d] or None, [log r per step], ctx)``; ``ctx`` is whatever this
             engine's :meth:`log_pf` needs besides the states (nothing here).
         """
-        T, d, dt = gfn.T, gfn.dim, gfn.dt
-        s = torch.zeros(n, d, device=t_emb.device)
-        states, grads, log_rs = [s], [], []
-        for i in range(T):
-            gi = None
-            if gfn.langevin:
-                lr_i, gi = gfn.energy.log_reward_and_grad(s)
-                log_rs.append(lr_i)
-                grads.append(gi)
-            mean, log_var = gfn.head(gfn.policy_fn(s, t_emb[i]), None if g is None else g[i], gi)
-            var = gfn.head.variance(log_var)
-            std = torch.sqrt(var + eps2) if isinstance(var, torch.Tensor) else math.sqrt(var + eps2)
-            s = s + dt * mean + std * noise(n, d, s, generator)
-            states.append(s)
-        return torch.stack(states), (torch.stack(grads) if gfn.langevin else None), log_rs, None
+        S, G, log_rs, _, _ = self._chain(gfn, n, t_emb, g, eps2, generator)
+        return S, G, log_rs, None
 
     def log_pf(self, gfn, S: torch.Tensor, t_emb, g, G, ctx) -> torch.Tensor:
         """``[T, B]`` log P_F(s_{i+1} | s_i) of the states ``S [T+1, B, d]`` under the unexplored policy, batched over
