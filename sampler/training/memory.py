@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from sampler.gfn.diffusion import _engine_mode
 from sampler.training.config_check import ConfigError
 from sampler.training.trust import is_platform_class
 
@@ -67,9 +68,10 @@ def _engine(m) -> str:
     ``reference`` (a network the accelerated engines do not implement runs there); older configs say ``native``."""
     if m.get("activation", "gelu") != "gelu" or m.get("layer_norm", False) or m.get("policy") is not None:
         return "reference"
-    if m.get("native") is not None:
-        return {"true": "native", "false": "fused"}.get(str(m.native).lower(), "auto")
-    return str(m.get("engine", "auto"))
+    try:
+        return _engine_mode(m.get("engine", "auto"), m.get("native"))
+    except ValueError:  # an unknown value: the model's construction reports it
+        return "auto"
 
 
 @dataclass
