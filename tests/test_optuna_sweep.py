@@ -14,23 +14,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import TINY
 
 from sampler.training.config_check import ConfigError
 from sampler.training.search import CheckSearch, TrialFailed, objective_of, run_trial, trial_value
 
 ROOT = Path(__file__).resolve().parents[1]
-#: tests/conftest.py's TINY sizes, as command-line overrides of a study's trials.
-TINY_ARGS = [
-    "model.T=10",
-    "model.hidden_dim=16",
-    "train.batch_size=16",
-    "trainer.max_steps=5",
-    "eval.every=5",
-    "eval.K=64",
-    "eval.plots=false",
-    "checkpoint.every=5",
-    "trainer.enable_progress_bar=false",
-]
 
 
 def test_the_objective_defaults_to_dlogz_rw_and_is_checked(tiny_cfg):
@@ -75,7 +64,7 @@ def test_a_misspelt_objective_stops_the_study_before_it_starts(tiny_cfg, capsys)
 def study(tmp_path: Path, *args: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess, Path]:
     """Run `scripts/train.py -m +search=tb_lr TINY... args` with its sweep in tmp_path; the sweep directory."""
     proc = subprocess.run(
-        [sys.executable, "scripts/train.py", "-m", "+search=tb_lr", *TINY_ARGS, *args, f"hydra.sweep.dir={tmp_path}/s"],
+        [sys.executable, "scripts/train.py", "-m", "+search=tb_lr", *TINY, *args, f"hydra.sweep.dir={tmp_path}/s"],
         cwd=ROOT,
         capture_output=True,
         text=True,
