@@ -17,7 +17,14 @@ import yaml
 from conftest import TINY
 
 from sampler.training.config_check import ConfigError
-from sampler.training.search import CheckSearch, TrialFailed, objective_of, run_trial, trial_value
+from sampler.training.search import (
+    CheckSearch,
+    TrialFailed,
+    grid_sampler_stops_quietly,
+    objective_of,
+    run_trial,
+    trial_value,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +59,29 @@ def test_a_trial_whose_values_the_checks_reject_fails_with_their_one_line(tiny_c
         run_trial(tiny_cfg("train.lr_flow=-1.0", run_dir=tmp_path / "bad"))
     assert capsys.readouterr().err.startswith("error: train.lr_flow must be")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_grid_whose_last_trial_fails_ends_without_an_error():
+    # The sweeper drives the study with ask/tell, as here; the grid sampler's stop request after the last grid point
+    # raised when that last trial was a failed one (the sweeper catches it only for completed trials).
+    def grid_study():
+        study = optuna.create_study(sampler=optuna.samplers.GridSampler({"x": [0.0, 1.0]}))
+        for state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL):
+            trial = study.ask()
+            trial.suggest_float("x", 0.0, 1.0)
+            study.tell(trial, state=state, values=[1.0] if state == optuna.trial.TrialState.COMPLETE else None)
+        return study
+
+    original = optuna.samplers.GridSampler.after_trial
+    try:
+        if not getattr(original, "stops_quietly", False):
+            with pytest.raises(RuntimeError, match="Study.stop"):
+                grid_study()
+        grid_sampler_stops_quietly()
+        grid_sampler_stops_quietly()  # idempotent: wrapped once
+        assert [t.state.name for t in grid_study().trials] == ["COMPLETE", "FAIL"]
+    finally:
+        optuna.samplers.GridSampler.after_trial = original
 
 
 def test_a_misspelt_objective_stops_the_study_before_it_starts(tiny_cfg, capsys):

@@ -124,3 +124,31 @@ class CheckSearch(Callback):
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        grid_sampler_stops_quietly()
+
+
+def grid_sampler_stops_quietly() -> None:
+    """Let ``hydra/sweeper/sampler=grid`` finish its grid instead of failing after the last trial.
+
+    Optuna's GridSampler ends a study by calling ``study.stop()`` once every grid point has been tried; that call is
+    only allowed inside ``study.optimize``, and the Hydra sweeper drives the study with ask/tell instead, so the last
+    trial's ``tell`` raised ``RuntimeError`` (exit status 1, no ``optimization_results.yaml``) although every trial had
+    run. The sweeper already sets ``n_trials`` to the size of the grid, so the stop request is redundant: this wraps
+    ``GridSampler.after_trial`` to drop exactly that error. Idempotent.
+    """
+    import optuna
+
+    grid = optuna.samplers.GridSampler
+    if getattr(grid.after_trial, "stops_quietly", False):
+        return
+    original = grid.after_trial
+
+    def after_trial(self, study, trial, state, values):
+        try:
+            original(self, study, trial, state, values)
+        except RuntimeError as err:
+            if "Study.stop" not in str(err):
+                raise
+
+    after_trial.stops_quietly = True
+    grid.after_trial = after_trial
