@@ -59,8 +59,11 @@ def teacher_reward(
     eps: float = 1e-3,
     weight: float = 20.0,
     below_threshold: float = 0.0,
+    square: float = 0.5,
 ) -> torch.Tensor:
-    """Teacher reward R_T(x) = log(1 + ε_T + w·½δ²), w = ``weight`` where δ < 0, else 1.
+    """Teacher reward R_T(x) = log(1 + ε_T + w·c·δ²), w = ``weight`` where δ < 0, else 1; c = ``square``: ½ (the
+    diffusion code's TB loss ½δ²), 1 on discrete targets (the grid code's log(1 + 1e-3 + δ²·(1 + 19·[under-sampled])),
+    see :func:`square_coefficient`).
 
     Where ``log_reward < threshold`` (strictly) the term w·½δ² is replaced by ``below_threshold``, so samples
     in regions the target barely weighs carry no teacher reward (the reference replaces it by 1e-12). R_T is a
@@ -72,7 +75,8 @@ def teacher_reward(
         threshold: log-reward threshold (float, scalar or ``[B]`` tensor); ``None`` disables it.
         eps: ε_T > 0, so that R_T ≥ log(1 + ε_T) > 0 and log R_T is finite.
         weight: w for under-sampled x (δ < 0); over-sampled x get weight 1.
-        below_threshold: the value that replaces w·½δ² below the threshold (≥ 0, ≈ 0).
+        below_threshold: the value that replaces w·c·δ² below the threshold (≥ 0, ≈ 0).
+        square: c.
 
     Returns:
         ``[B]`` teacher rewards R_T > 0.
@@ -85,11 +89,17 @@ def teacher_reward(
         raise ValueError(f"teacher.below_threshold must be >= 0 (got {below_threshold})")
     delta = delta.detach()
     w = torch.ones_like(delta).masked_fill(delta < 0, weight)  # [B]
-    err = w * 0.5 * delta.pow(2)  # [B]
+    err = w * square * delta.pow(2)  # [B]
     if threshold is not None:
         below = log_reward.detach() < threshold  # [B]
         err = err.masked_fill(below, below_threshold)
     return torch.log1p(eps + err)
+
+
+def square_coefficient(gfn) -> float:
+    """c of :func:`teacher_reward` for a student ``gfn``: 1 on a discrete target (the Adaptive Teachers grid code),
+    ½ otherwise (its diffusion code)."""
+    return 1.0 if getattr(getattr(gfn, "energy", None), "discrete", False) else 0.5
 
 
 def teacher_log_reward(r_t: torch.Tensor, log_reward: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
@@ -217,6 +227,7 @@ class AdaptiveTeacher:
             threshold,
             eps=self.eps,
             weight=self.weight,
+            square=square_coefficient(self.gfn),
         )
 
     @torch.no_grad()

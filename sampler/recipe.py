@@ -26,7 +26,14 @@ from functools import partial
 
 import torch
 
-from sampler.adaptive_teacher import AdaptiveTeacher, TeacherSchedule, initial_threshold, student_delta, teacher_reward
+from sampler.adaptive_teacher import (
+    AdaptiveTeacher,
+    TeacherSchedule,
+    initial_threshold,
+    square_coefficient,
+    student_delta,
+    teacher_reward,
+)
 from sampler.buffers import RankBuffer, ReplayBuffer
 from sampler.energies.base import NonFiniteRewardError
 from sampler.gfn.trajectories import Trajectories
@@ -160,7 +167,8 @@ class OffPolicy:
         x = traj.terminal_states.detach()
         if self.buffer.keyed_by == "teacher_reward":
             threshold = self.ensure_threshold(gfn, generator)
-            key = teacher_reward(student_delta(traj).detach(), traj.log_reward.detach(), threshold)
+            delta, log_r = student_delta(traj).detach(), traj.log_reward.detach()
+            key = teacher_reward(delta, log_r, threshold, square=square_coefficient(gfn))
         else:
             key = traj.log_reward.detach()
         self.buffer.add(x, key)
@@ -277,6 +285,10 @@ class Recipe:
         warm_start_log_Z: at step 0, set log Z to the importance-weighted estimate of the untrained policy.
         threshold_quantile: the quantile of the PER/teacher threshold when there is no teacher (a teacher's own
             ``quantile`` wins).
+        intrinsic: an intrinsic reward trained with the sampler (:class:`~sampler.discrete.GAFN`: ``augment(traj)``
+            before the forward loss, ``loss(traj)`` added to it; its ``param_groups`` go in the optimiser), or
+            ``None``.
+        observers: objects told every forward batch, after the update (``observe(traj)``): a mode tracker, say.
     """
 
     def __init__(
@@ -297,8 +309,12 @@ class Recipe:
         reparam: bool | None = None,
         warm_start_log_Z: bool = False,
         threshold_quantile: float = 0.9,
+        intrinsic=None,
+        observers: tuple = (),
     ):
         self.gfn = gfn
+        self.intrinsic = intrinsic
+        self.observers = tuple(observers)
         self.energy = energy if energy is not None else gfn.energy
         self.forward_loss, name = _loss_fn(loss)
         self.backward_loss = self.forward_loss if backward_loss is None else _loss_fn(backward_loss)[0]
@@ -406,8 +422,13 @@ class Recipe:
                 f"non-finite log-reward at step {step} ({phase} phase): {n_bad} of {traj.batch_size} trajectories"
             )
         loss_fn = self.forward_loss if phase == "forward" else self.backward_loss
-        per_sample = loss_fn(traj)  # [B]
-        loss = per_sample.mean()
+        intrinsic_loss = None
+        if self.intrinsic is not None and phase == "forward":
+            per_sample = loss_fn(self.intrinsic.augment(traj))  # [B] the objective on the augmented rewards
+            intrinsic_loss = self.intrinsic.loss(traj)
+        else:
+            per_sample = loss_fn(traj)  # [B]
+        loss = per_sample.mean() if intrinsic_loss is None else per_sample.mean() + intrinsic_loss
         if not torch.isfinite(loss):
             n_bad = int((~torch.isfinite(per_sample)).sum())
             raise NonFiniteLossError(
@@ -422,6 +443,8 @@ class Recipe:
         if phase == "forward":
             with torch.no_grad():
                 self.offpolicy.store(traj, self.gfn, gen)
+                for observer in self.observers:
+                    observer.observe(traj)
         teacher_loss = None
         if teacher is not None:
             try:
@@ -442,6 +465,8 @@ class Recipe:
             stats["log_Z"] = traj.log_Z.detach().float().mean()
         if grad_norm is not None:
             stats["grad_norm"] = grad_norm.detach()
+        if intrinsic_loss is not None:
+            stats["intrinsic_loss"] = intrinsic_loss.detach()
         return stats
 
     # ------------------------------------------------------------------------------------------------- state

@@ -104,6 +104,10 @@ class ModeTracker:
         self.history.append((self.n_trajectories, len(self.found)))
         return len(self.found)
 
+    def observe(self, traj) -> int:
+        """:meth:`update` with the terminal states of a training batch (a recipe's observer)."""
+        return self.update(traj.terminal_states)
+
     def metrics(self) -> dict[str, float]:
         """``{"modes_found_train", "n_trajectories"}`` (modes ever sampled in training; trajectories so far)."""
         return {"modes_found_train": float(len(self.found)), "n_trajectories": float(self.n_trajectories)}
@@ -124,8 +128,12 @@ class ModeTracker:
 
 @torch.no_grad()
 def evaluate_discrete(
-    gfn, env: DiscreteEnv | None = None, n_samples: int = 10_000, generator: torch.Generator | None = None
-) -> dict[str, float]:
+    gfn,
+    env: DiscreteEnv | None = None,
+    n_samples: int = 10_000,
+    generator: torch.Generator | None = None,
+    return_samples: bool = False,
+) -> dict[str, float] | tuple[dict[str, float], Tensor]:
     """Evaluate a discrete GFlowNet (no exploration, temperature 1; the target's calls are not counted).
 
     Args:
@@ -133,6 +141,7 @@ def evaluate_discrete(
         env: its target (default ``gfn.env``).
         n_samples: N, fresh samples behind the empirical L1 and the modes found.
         generator: the sampling randomness.
+        return_samples: also return the N samples ``[N, ndim]`` (long) behind the empirical metrics.
 
     Returns:
         Flat floats: ``l1_exact kl_exact jsd_exact`` (model's exact distribution p against π: Σ|p − π|, KL(π ‖ p),
@@ -162,7 +171,8 @@ def evaluate_discrete(
             out["l1_empirical"] = float(l1.sum())
             out["l1_empirical_mean"] = float(l1.mean())
             out["log_Z"] = float(env.log_Z)
-    return {k: out[k] for k in _KEY_ORDER if k in out}
+    metrics = {k: out[k] for k in _KEY_ORDER if k in out}
+    return (metrics, x) if return_samples else metrics
 
 
 _KEY_ORDER = (

@@ -43,9 +43,15 @@ def run_evaluation(
     The evaluation noise is seeded with ``noise_seed``, by default :func:`eval_seed` of the run's seed and the step,
     so re-evaluating a checkpoint reproduces the run's own evaluation at that step.
     """
+    seed = eval_seed(module.seed, step) if noise_seed is None else noise_seed
+    if hasattr(module, "evaluate_at"):  # a module of another task (sampler.training.tasks) evaluates itself
+        metrics, samples = module.evaluate_at(step, K, plot_path, noise_seed=seed, title=title)
+        metrics["step"] = float(step)
+        return metrics, samples
+    if getattr(module.energy, "discrete", False):
+        return _evaluate_discrete(module, step, K, plot_path, seed)
     gfn, energy = module.gfn, module.energy
     t0 = time.perf_counter()
-    seed = eval_seed(module.seed, step) if noise_seed is None else noise_seed
     gen = torch.Generator(device=energy.device).manual_seed(seed)
     was_training = gfn.training
     gfn.eval()
@@ -65,6 +71,38 @@ def run_evaluation(
         except Exception as err:  # noqa: BLE001 - a plot never kills a run
             log.warning("could not plot samples at step %d: %s", step, err)
     return metrics, samples
+
+
+def _evaluate_discrete(module, step: int, K: int, plot_path: Path | None, seed: int):
+    """:func:`run_evaluation` on a discrete target: the exact and empirical metrics of
+    :func:`sampler.discrete.evaluate_discrete` from ``K`` fresh samples, the modes found in training, the trajectories
+    and reward evaluations so far; plots of the distributions (2-D grids) and of the modes found."""
+    from sampler.discrete.evaluation import evaluate_discrete  # noqa: PLC0415 - continuous runs never need it
+    from sampler.discrete.plots import plot_grid_distributions, plot_modes_found  # noqa: PLC0415
+
+    gfn, env = module.gfn, module.energy
+    t0 = time.perf_counter()
+    gen = torch.Generator(device=env.device).manual_seed(seed)
+    was_training = gfn.training
+    gfn.eval()
+    try:
+        metrics, samples = evaluate_discrete(gfn, env, n_samples=K, generator=gen, return_samples=True)
+    finally:
+        gfn.train(was_training)
+    if module.tracker is not None:
+        metrics.update(module.tracker.metrics())
+    metrics["n_energy_calls"] = float(module.n_energy_calls)
+    metrics["step"] = float(step)
+    metrics["eval_s"] = time.perf_counter() - t0
+    if plot_path is not None:
+        try:
+            if env.ndim == 2 and env.exact:
+                plot_grid_distributions(env, gfn, samples.cpu(), plot_path)
+            if module.tracker is not None:
+                plot_modes_found(module.tracker, plot_path.parent / "modes_found.png")
+        except Exception as err:  # noqa: BLE001 - a plot never kills a run
+            log.warning("could not plot samples at step %d: %s", step, err)
+    return metrics, samples.float()
 
 
 class StopSignals:
@@ -153,7 +191,9 @@ class RunCallback(L.Callback):
         step = trainer.global_step  # steps completed
         if step % self.log_every == 0 or step == self.steps:
             row = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in module.stats.items()}
-            row.update(module.offpolicy.stats())
+            offpolicy = getattr(module, "offpolicy", None)  # buffers and local search (samplers)
+            if offpolicy is not None:
+                row.update(offpolicy.stats())
             for g in trainer.optimizers[0].param_groups:
                 if g.get("name") in ("policy", "flow"):
                     row[f"lr_{g['name']}"] = g["lr"]
@@ -191,7 +231,9 @@ def save_checkpoint(trainer, directory: Path) -> Path:
 
 
 def _summary(m: dict) -> str:
-    keys = ("dlogZ", "dlogZ_rw", "log_Z_rw", "ess", "w2", "mode_coverage")
+    keys = ("dlogZ", "dlogZ_rw", "log_Z_rw", "ess", "w2", "mode_coverage")  # continuous targets
+    keys += ("l1_exact", "jsd_exact", "l1_empirical", "modes_found", "modes_found_train")  # discrete targets
+    keys += ("nll_test", "nll_test_kde", "kl_true", "mmd", "energy_gap", "classifier_confidence")  # EBMs
     return "  ".join(f"{k}={m[k]:.4g}" for k in keys if k in m)
 
 

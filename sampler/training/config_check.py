@@ -41,7 +41,7 @@ ROOT_KEYS = {
     "checkpoint": ("every", "resume", "continue_unfinished"),
 }
 #: ``_target_`` groups the module builds, with the arguments it passes at run time (not set in the config).
-RUNTIME_ARGS = {"buffer": ("dim",), "local_search": (), "teacher": ("gfn",)}
+RUNTIME_ARGS = {"buffer": ("dim",), "local_search": (), "teacher": ("gfn",), "intrinsic": ("gfn",)}
 #: Hydra's own keys of an instantiated node.
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 #: ``trainer.*`` keys the run itself reads (the rest are Lightning ``Trainer`` arguments).
@@ -106,9 +106,53 @@ def loss_name(name: str) -> str:
     return ALIASES.get(name, name)
 
 
+def _target_class(node) -> type | None:
+    """The class ``node._target_`` names, or ``None`` when there is none or it cannot be imported (building it
+    reports that, with the reason)."""
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if target is None:
+        return None
+    from hydra.utils import get_class
+
+    try:
+        return get_class(str(target))
+    except Exception:  # noqa: BLE001 - reported when the object is built
+        return None
+
+
+def is_discrete_config(cfg: DictConfig) -> bool:
+    """Whether ``cfg.energy`` selects a discrete target (``discrete = True`` on its class: docs/discrete.md)."""
+    cls = _target_class(cfg.get("energy"))
+    return bool(getattr(cls, "discrete", False))
+
+
+def _is_discrete_model(cfg: DictConfig) -> bool:
+    from sampler.discrete.gfn import DiscreteGFN
+
+    cls = _target_class(cfg.get("model"))
+    return cls is not None and issubclass(cls, DiscreteGFN)
+
+
+#: Objectives of discrete trajectories (the shared implementations in sampler.losses).
+DISCRETE_LOSSES = ("tb", "vargrad", "db", "subtb")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` on the first value that cannot work."""
+    if is_discrete_config(cfg):
+        check_discrete_config(cfg)
+        return
     _check_no_nan(cfg)
+    if _is_discrete_model(cfg):
+        raise ConfigError(
+            f"model._target_={cfg.model._target_} samples discrete targets, but energy._target_={cfg.energy._target_} "
+            "is continuous; leave model to the energy's default (model=lp, pis, ...)"
+        )
+    if cfg.get("intrinsic") and cfg.intrinsic.get("_target_") is not None:
+        raise ConfigError(
+            f"intrinsic._target_={cfg.intrinsic._target_} augments discrete trajectories, but "
+            f"energy._target_={cfg.energy._target_} is continuous; use intrinsic=none"
+        )
     all_losses = list(LOSSES) + list(ALIASES)
     _choice("loss.name", cfg.loss.name, all_losses)
     _choice("model.flow", cfg.model.flow, FLOWS)
@@ -184,6 +228,80 @@ def check_config(cfg: DictConfig) -> None:
     from sampler.training.memory import check_memory  # noqa: PLC0415 - memory.py imports this module
 
     check_memory(cfg)  # last: the sizes it reads are checked above
+
+
+def check_discrete_config(cfg: DictConfig) -> None:
+    """:func:`check_config` for a discrete target (docs/discrete.md): the discrete GFN, its objectives and off-policy
+    options, sizes and rates; the target is built here, so that a grid too large to enumerate or a reward that is not
+    positive stops the run before anything is written."""
+    _check_no_nan(cfg)
+    energy = f"energy._target_={cfg.energy._target_}"
+    if not _is_discrete_model(cfg):
+        raise ConfigError(
+            f"{energy} is a discrete target, but model._target_={cfg.model.get('_target_')} samples continuous ones; "
+            "drop the model= override (a discrete target selects model=discrete)"
+        )
+    all_losses = list(LOSSES) + list(ALIASES)
+    _choice("loss.name", cfg.loss.name, all_losses)
+    for key, name in (("loss.name", cfg.loss.name), ("train.backward_loss", cfg.train.backward_loss)):
+        if loss_name(name) not in DISCRETE_LOSSES:
+            raise ConfigError(
+                f"{key}={name} is an objective of continuous targets; with {energy} choose one of: "
+                f"{', '.join(DISCRETE_LOSSES)}"
+            )
+    from sampler.discrete.gfn import BACKWARD_POLICIES
+    from sampler.discrete.gfn import FLOWS as DISCRETE_FLOWS
+
+    _choice("model.flow", cfg.model.flow, DISCRETE_FLOWS)
+    _choice("model.pb", cfg.model.get("pb", "uniform"), BACKWARD_POLICIES)
+    _choice("train.phases", cfg.train.phases, PHASES)
+    _choice("train.backward_source", cfg.train.backward_source, BACKWARD_SOURCES)
+    if cfg.get("seed") is None or not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer (got {cfg.get('seed')!r})")
+    _positive(
+        cfg, "trainer.max_steps", "train.batch_size", "model.hidden_dim", "model.num_layers", "eval.every", "eval.K",
+        "checkpoint.every",
+    )  # fmt: skip
+    _positive(cfg, "train.lr_policy", "train.lr_back", "loss.lam", "model.temperature", integer=False)
+    if cfg.train.get("lr_flow") is not None:
+        _positive(cfg, "train.lr_flow", integer=False)
+    _positive(cfg, "train.weight_decay", integer=False, allow_zero=True)
+    if cfg.train.grad_clip is not None:
+        _positive(cfg, "train.grad_clip", integer=False)
+    if cfg.eval.K < 2:
+        raise ConfigError(f"eval.K must be at least 2 (got {cfg.eval.K})")
+    for name in ("loss.name", "train.backward_loss"):
+        objective = loss_name(OmegaConf.select(cfg, name))
+        if cfg.model.flow not in LOSSES[objective].flows:
+            flows = ", ".join(f for f in LOSSES[objective].flows if f in DISCRETE_FLOWS)
+            raise ConfigError(f"{name}={objective} needs model.flow in {{{flows}}} (got {cfg.model.flow})")
+    from sampler.discrete.local_search import BackAndForthSearch
+
+    search = _target_class(cfg.get("local_search"))
+    if search is not None and not issubclass(search, BackAndForthSearch):
+        raise ConfigError(
+            f"local_search._target_={cfg.local_search._target_} moves continuous states; with {energy} use "
+            "local_search=back_and_forth"
+        )
+    _check_offpolicy(cfg)
+    _group_class(cfg, "intrinsic")
+    _check_keys(cfg)
+    _check_trainer(cfg)
+    _check_exploration(cfg)
+    for m in cfg.train.lr_milestones:
+        if not isinstance(m, int) or m <= 0:
+            raise ConfigError(
+                f"train.lr_milestones must be positive step numbers (got {list(cfg.train.lr_milestones)})"
+            )
+    from sampler.training.module import build_energy  # noqa: PLC0415 - module imports this file
+
+    env = build_energy(cfg)  # bad ndim/height/R0, a grid too large to enumerate, a non-positive reward: one line
+    uses_exact = cfg.teacher.get("_target_") is None and cfg.train.phases != "forward"
+    if uses_exact and cfg.train.backward_source == "exact" and not env.has_sampler:
+        raise ConfigError(
+            f"train.backward_source=exact needs the target enumerated, but {energy} has energy.exact=false; "
+            "use train.backward_source=buffer"
+        )
 
 
 def _check_no_nan(cfg: DictConfig) -> None:

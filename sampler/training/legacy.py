@@ -14,6 +14,8 @@ Translations so far:
 - ``model.native: auto|true|false`` chose the native kernels; ``model.engine`` now chooses the engine (``auto``,
   ``native``, ``fused``: the same computations). The diffusion model also gained ``activation: gelu`` and
   ``layer_norm: false``, which older configs lack and always meant.
+- The ``intrinsic`` group (an intrinsic reward such as GAFN) is newer than some runs: a sampler config without it
+  had none (``intrinsic: {}``).
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
     for group in NAMED_GROUPS:
         _upgrade_named_group(cfg, group)
     _upgrade_diffusion_model(cfg)
+    if cfg.get("task", "sampler") == "sampler" and "loss" in cfg and "intrinsic" not in cfg:
+        with open_dict(cfg):
+            cfg.intrinsic = {}
     return cfg
 
 

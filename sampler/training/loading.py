@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from sampler.training.checkpointing import CheckpointError, load_checkpoint
 from sampler.training.legacy import upgrade_config
 from sampler.training.module import SamplerModule
+from sampler.training.tasks import build_module
 from sampler.training.trust import check_targets
 
 
@@ -78,7 +79,7 @@ def load_module(
     ckpt = Path(ckpt)
     state = load_checkpoint(ckpt)
     torch.manual_seed(int(cfg.seed))
-    module = SamplerModule(cfg)
+    module = build_module(cfg)
     try:
         module.load_state_dict(state["state_dict"])
     except RuntimeError as err:

@@ -530,6 +530,10 @@ def check_memory(
     Raises:
         ConfigError: ``the configured sizes need about … GiB (…); … GiB are available here — reduce <key>``.
     """
+    from sampler.training.config_check import is_discrete_config  # noqa: PLC0415 - config_check imports this module
+
+    if is_discrete_config(cfg):
+        return {}  # a grid small enough to build has a small network and batch; the state count is checked on build
     device, phases = _estimate(cfg, device, K, training)
     _check(phases, device, labels)
     return estimate_bytes(cfg, device, K, training)
@@ -542,6 +546,16 @@ def check_sampling(cfg: DictConfig, n: int, batch: int, device: str = "cpu") -> 
     Returns:
         The estimated bytes.
     """
-    terms = sampling_terms(cfg, n, batch, device)
+    from sampler.training.config_check import is_discrete_config  # noqa: PLC0415
+
+    if is_discrete_config(cfg):  # the output [n, ndim] and one batch's states [batch, ndim·(height-1) + 1, ndim]
+        d, h = int(cfg.energy.ndim), int(cfg.energy.height)
+        out, rollout = (("n", n), ("energy.ndim", d)), (("batch", batch), ("energy.ndim", d), ("trajectory", d * h))
+        terms = [
+            Term("the samples", n * d * FLOAT, out),
+            Term("one batch's rollout", 3 * batch * d * h * d * 8, rollout),
+        ]
+    else:
+        terms = sampling_terms(cfg, n, batch, device)
     _check({"sample": terms}, device, None)
     return _total(terms, device)

@@ -57,18 +57,38 @@ EVAL_KEYS = (
     "eval_s",
 )
 COLUMNS = ("step", "kind") + TRAIN_KEYS + EVAL_KEYS
+#: Evaluation keys of a discrete target (sampler.discrete.evaluate_discrete and the run's mode tracker).
+DISCRETE_EVAL_KEYS = (
+    "l1_exact",
+    "kl_exact",
+    "jsd_exact",
+    "l1_empirical",
+    "l1_empirical_mean",
+    "n_empirical",
+    "modes_found",
+    "modes_total",
+    "modes_found_train",  # distinct modes sampled in training so far
+    "n_trajectories",  # trajectories sampled in training so far
+    "log_Z_learned",
+    "log_Z",
+    "eval_s",
+)
+#: The columns of a discrete target's run (``intrinsic_loss``: GAFN's RND loss).
+DISCRETE_COLUMNS = ("step", "kind") + TRAIN_KEYS + ("intrinsic_loss",) + DISCRETE_EVAL_KEYS
 
 
 class MetricsCSV:
-    """Append-only CSV with a fixed header; ``truncate(step)`` drops rows written after a checkpoint's step.
+    """Append-only CSV with a fixed header (``columns``: a task's or a target's own, the module's ``csv_columns``);
+    ``truncate(step)`` drops rows written after a checkpoint's step.
 
     Every write leaves the file whole: a rewrite goes through a temporary file, and an append that fails (a full
     disk) is cut back to the previous end. Reading skips lines that are not rows of this file (a line cut short
     by a kill, a damaged file).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, columns: tuple[str, ...] = COLUMNS):
         self.path = Path(path)
+        self.columns = tuple(columns)
 
     def _parse(self) -> tuple[list[dict[str, str]], int]:
         """``(rows, n_bad)``: the readable rows, and how many non-empty lines were not rows."""
@@ -97,7 +117,7 @@ class MetricsCSV:
 
     def _rewrite(self, rows: list[dict]) -> None:
         out = io.StringIO(newline="")
-        w = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(out, fieldnames=self.columns, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
         write_atomic(self.path, out.getvalue().encode())
@@ -129,7 +149,7 @@ class MetricsCSV:
         self._rewrite([])
 
     def append(self, step: int, kind: str, values: dict, replace: bool = False) -> None:
-        row = {**{k: _fmt(v) for k, v in values.items() if k in COLUMNS}, "step": int(step), "kind": kind}
+        row = {**{k: _fmt(v) for k, v in values.items() if k in self.columns}, "step": int(step), "kind": kind}
         if replace or not self.path.exists():
             rows = [r for r in self._rows() if not (int(r["step"]) == step and r["kind"] == kind)]
             self._rewrite(rows + [row])
@@ -137,7 +157,7 @@ class MetricsCSV:
         size = self.path.stat().st_size
         try:
             with self.path.open("a", newline="", encoding="utf-8") as f:
-                csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore").writerow(row)
+                csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(row)
         except OSError as err:
             with contextlib.suppress(OSError):
                 os.truncate(self.path, size)  # no half-written row

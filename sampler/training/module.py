@@ -20,12 +20,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sampler.adaptive_teacher import AdaptiveTeacher, TeacherSchedule
+from sampler.discrete.evaluation import ModeTracker
 from sampler.energies.base import Energy, counting_energy_calls
 from sampler.energies.protocol import check_energy
 from sampler.gfn.trajectories import Trajectories
 from sampler.losses import LOSSES, flow_lr, get_loss
 from sampler.recipe import NonFiniteLossError, PhaseSchedule, Recipe, param_groups
 from sampler.training.config_check import ConfigError, loss_name, root_cause
+from sampler.training.metrics_csv import COLUMNS, DISCRETE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,15 @@ def build_energy(cfg: DictConfig) -> Energy:
             raise ConfigError(f"energy._target_={target} is not an energy: it has no `{attr}` (see README, energies)")
     if not isinstance(energy, torch.nn.Module):
         raise ConfigError(f"energy._target_={target} must be a torch.nn.Module (subclass sampler.energies.Energy)")
-    check_energy(energy, target)
+    if not is_discrete(energy):  # a discrete target checks its own arguments and rewards when it is built
+        check_energy(energy, target)
     return energy
+
+
+def is_discrete(energy) -> bool:
+    """Whether ``energy`` is a discrete target (:class:`sampler.discrete.DiscreteEnv`): it is sampled by the discrete
+    GFN and evaluated exactly (docs/discrete.md)."""
+    return bool(getattr(energy, "discrete", False))
 
 
 def build_gfn(cfg: DictConfig, energy: Energy) -> torch.nn.Module:
@@ -53,10 +62,11 @@ def build_gfn(cfg: DictConfig, energy: Energy) -> torch.nn.Module:
     log_Z_init = cfg.model.get("log_Z_init", 0.0)
     if isinstance(log_Z_init, str) and log_Z_init != "auto":
         raise ConfigError(f"model.log_Z_init must be a number or auto (got {log_Z_init})")
+    target = {"env": energy} if is_discrete(energy) else {"energy": energy}  # DiscreteGFN(env, ...)
     try:
         if log_Z_init == "auto":
-            return instantiate(cfg.model, energy=energy, log_Z_init=0.0)
-        return instantiate(cfg.model, energy=energy)
+            return instantiate(cfg.model, **target, log_Z_init=0.0)
+        return instantiate(cfg.model, **target)
     except InstantiationException as err:
         raise ConfigError(f"model could not be built: {root_cause(err)}") from err
 
@@ -84,7 +94,10 @@ def build_group(cfg: DictConfig, group: str, **runtime):
 def build_teacher_gfn(cfg: DictConfig, energy: Energy) -> torch.nn.Module:
     """The teacher network: the student's model config with the Langevin term off and a scalar log Z."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    model.update(langevin=False, langevin_per_dim=False, flow="scalar")
+    if is_discrete(energy):
+        model.update(flow="scalar")
+    else:
+        model.update(langevin=False, langevin_per_dim=False, flow="scalar")
     return build_gfn(OmegaConf.create({"model": model}), energy)
 
 
@@ -117,6 +130,14 @@ class SamplerModule(L.LightningModule):
                 f"train.backward_source=exact needs exact samples, but {type(self.energy).__name__} has no sample(); "
                 "use train.backward_source=buffer or local_search, or train.phases=forward"
             )
+        local_search = build_group(cfg, "local_search")
+        if hasattr(local_search, "attach"):  # a search that follows the sampler's own policies (back-and-forth)
+            local_search.attach(self.gfn)
+        self.intrinsic = build_group(cfg, "intrinsic", gfn=self.gfn)  # GAFN: an nn.Module, saved with the model
+        self.tracker = ModeTracker(self.energy) if is_discrete(self.energy) else None
+        self.csv_columns = DISCRETE_COLUMNS if is_discrete(self.energy) else COLUMNS  # metrics.csv's header
+        if is_discrete(self.energy):  # plots/metrics.png
+            self.curve_keys = ("l1_exact", "jsd_exact", "l1_empirical", "modes_found_train", "loss", "log_Z")
         self.recipe = Recipe(
             self.gfn,
             get_loss(self.forward_loss_name, cfg.loss.lam),
@@ -124,7 +145,7 @@ class SamplerModule(L.LightningModule):
             phases=TeacherSchedule() if has_teacher else PhaseSchedule(t.phases),
             backward_loss=get_loss(self.backward_loss_name, cfg.loss.lam),
             replay=build_group(cfg, "buffer", dim=self.energy.dim),
-            local_search=build_group(cfg, "local_search"),
+            local_search=local_search,
             backward_source=t.backward_source,
             teacher=self.teaching,
             batch_size=int(t.batch_size),
@@ -132,6 +153,8 @@ class SamplerModule(L.LightningModule):
             energy=self.energy,
             reparam=self.reparam,
             warm_start_log_Z=cfg.model.get("log_Z_init") == "auto",
+            intrinsic=self.intrinsic,
+            observers=() if self.tracker is None else (self.tracker,),
         )
         self.offpolicy = self.recipe.offpolicy  # buffers and local search (logged by the run callback)
         self.generator: torch.Generator | None = None
@@ -168,6 +191,8 @@ class SamplerModule(L.LightningModule):
             **self.recipe.state_dict(),  # offpolicy, phase_counts, last_losses
             "n_energy_calls": torch.tensor(self.n_energy_calls, dtype=torch.int64),
         }
+        if self.tracker is not None:
+            checkpoint["sampler_state"]["modes"] = self.tracker.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("sampler_state")
@@ -176,6 +201,8 @@ class SamplerModule(L.LightningModule):
         self.generator = None
         self._pending_generator_state = state["generator"]
         self.recipe.load_state_dict(state)
+        if self.tracker is not None and "modes" in state:
+            self.tracker.load_state_dict(state["modes"])
         if isinstance(self.energy, Energy):
             if "n_energy_calls" not in state:
                 log.warning("checkpoint has no n_energy_calls (written before they were counted): counting from 0")
@@ -196,7 +223,10 @@ class SamplerModule(L.LightningModule):
     def configure_optimizers(self):
         t = self.cfg.train
         lr_flow = flow_lr(self.cfg.loss.name, t.lr_flow)
-        opt = torch.optim.Adam(param_groups(self.gfn, t.lr_policy, lr_flow, t.lr_back), weight_decay=t.weight_decay)
+        groups = param_groups(self.gfn, t.lr_policy, lr_flow, t.lr_back)
+        if self.intrinsic is not None:  # GAFN's RND predictor (and its own state flow) at the policy's lr
+            groups += self.intrinsic.param_groups(t.lr_policy, t.lr_policy)
+        opt = torch.optim.Adam(groups, weight_decay=t.weight_decay)
         opts = [opt]
         if self.teaching is not None:
             opts.append(torch.optim.Adam(self.teaching.param_groups(t.lr_policy, lr_flow)))

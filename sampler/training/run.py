@@ -39,12 +39,13 @@ from sampler.energies.base import NonFiniteRewardError
 from sampler.evaluation import plot_metric_curves
 from sampler.training.callbacks import RunCallback, StopSignals, progress_bar, run_evaluation, samples_plot
 from sampler.training.checkpointing import CheckpointError, find_resume_checkpoint, has_checkpoint
-from sampler.training.config_check import ConfigError, check_config
+from sampler.training.config_check import ConfigError
 from sampler.training.legacy import upgrade_config
 from sampler.training.loggers import build_run_log
 from sampler.training.manifest import build_manifest, now, write_atomic, write_json
-from sampler.training.metrics_csv import MetricsCSV
+from sampler.training.metrics_csv import COLUMNS, MetricsCSV
 from sampler.training.module import NonFiniteLossError, SamplerModule
+from sampler.training.tasks import build_module, check_task_config, task_of
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ def _record_defaults(cfg: DictConfig) -> None:
     """Settings left null to mean "the component's own" — ``model.t_scale`` (the energy's declared σ²) and
     ``train.lr_flow`` (the objective's flow lr) — written into the config as numbers, so that the run's saved config
     says what it trained with (and compares equal to a run that set them explicitly)."""
+    if task_of(cfg) != "sampler":
+        return  # other tasks record their own defaults when their config is checked
     if "model" in cfg and "t_scale" in cfg.model and cfg.model.t_scale is None:
         from sampler.energies.base import resolve_t_scale  # noqa: PLC0415
         from sampler.training.module import build_energy  # noqa: PLC0415 - module imports this file's neighbours
@@ -137,7 +140,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         TrainingInterrupted: SIGTERM or SIGINT stopped the run (checkpoint saved; the same call resumes).
     """
     hydra_files = _hydra_job_files(cfg)  # the config as Hydra handed it over
-    check_config(cfg)
+    check_task_config(cfg)
     _record_defaults(cfg)
     run_dir = run_dir_of(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -252,7 +255,7 @@ def _train_in(
 ) -> tuple[dict, dict]:
     _quiet_lightning()
     L.seed_everything(int(cfg.seed), workers=False, verbose=False)
-    module = SamplerModule(cfg)
+    module = build_module(cfg)
     if ckpt is not None:
         _check_weights(module, ckpt_path, ckpt)
     accelerator = cfg.trainer.accelerator
@@ -271,7 +274,7 @@ def _train_in(
         manifest = _resumed_manifest(manifest_path, int(cfg.seed), device, ckpt_path, int(ckpt["global_step"]))
     write_json(manifest_path, manifest)
 
-    csv = MetricsCSV(run_dir / "metrics.csv")
+    csv = MetricsCSV(run_dir / "metrics.csv", getattr(module, "csv_columns", COLUMNS))
     if ckpt_path is None:
         csv.reset()
     else:
@@ -380,7 +383,10 @@ def _fit_and_evaluate(
     write_json(run_dir / "metrics.json", final)
     if cfg.eval.plots:
         try:
-            plot_metric_curves(run_dir / "metrics.csv", run_dir / "plots" / "metrics.png")
+            keys = getattr(module, "curve_keys", None)  # a task's or a target's own curves; None: ΔlogZ, W2, loss
+            plot_metric_curves(
+                run_dir / "metrics.csv", run_dir / "plots" / "metrics.png", **({"keys": keys} if keys else {})
+            )
             runlog.image("metric_curves", run_dir / "plots" / "metrics.png", step)
         except Exception as err:  # noqa: BLE001 - a plot never kills a run
             log.warning("could not plot metric curves: %s", err)

@@ -17,13 +17,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sampler.training.config_check import ConfigError
-from sampler.training.metrics_csv import EVAL_KEYS
+from sampler.training.metrics_csv import DISCRETE_EVAL_KEYS, EVAL_KEYS
 from sampler.training.run import NUMERICAL_ERRORS, USER_ERRORS, TrainingInterrupted, train
 
 #: The objective when ``search.objective`` is not set (what ``scripts/train.py`` returned before searches existed).
 DEFAULT_OBJECTIVE = "dlogZ_rw"
 #: Keys of ``metrics.json`` a study may optimise: the final evaluation's metrics.
-OBJECTIVES = tuple(k for k in EVAL_KEYS if k not in ("eval_K", "eval_s")) + ("n_energy_calls",)
+OBJECTIVES = tuple(dict.fromkeys(k for k in EVAL_KEYS + DISCRETE_EVAL_KEYS if k not in ("eval_K", "eval_s"))) + (
+    "n_energy_calls",
+)
 DIRECTIONS = ("minimize", "maximize")
 
 
