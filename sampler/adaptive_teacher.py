@@ -19,6 +19,12 @@ Sign convention (checked against the authors' code, ``alstn12088/adaptive-teache
 where ``discrepancy > 0``, i.e. where δ < 0: the student puts less mass on x than the reward asks for
 (under-sampling). ``grid/models/teacher.py`` (``get_teacher_reward``) uses the same ``discrepancy`` with weight
 ``1 + C·[discrepancy > 0]``, C = 19.
+
+Two choices of that diffusion code are options (off by default; ``experiment=at_*`` turns them on):
+``drop_below_threshold`` trains the teacher only on samples whose log r reaches the threshold (``train.py``,
+``train_step_adv``), instead of on all of them with R_T = log(1 + ε_T) below it; ``grad_clip_params=time_embedding``
+clips only the teacher's time embedding, the first parameter group of its optimiser there, instead of every
+parameter. The replay side of the first is ``drop_below_threshold`` of :class:`sampler.buffers.PERBuffer`.
 """
 
 from __future__ import annotations
@@ -182,9 +188,18 @@ class AdaptiveTeacher:
         weight: R_T weight w where the student under-samples (δ < 0).
         eps: ε_T in R_T = log(1 + ε_T + w·½δ²).
         lr_multiplier: the teacher's policy learning rate is this × the student's (see :meth:`param_groups`).
-        grad_clip: max global gradient norm of a teacher update, or ``None``.
+        grad_clip: max gradient norm of a teacher update, or ``None``.
         quantile: the log-reward threshold is this quantile of log r over the untrained student's samples.
+        drop_below_threshold: train the teacher only on the student samples whose log r reaches the threshold, as
+            the Adaptive Teachers diffusion code does; ``False`` trains on all of them, those below the threshold
+            with R_T = log(1 + ε_T).
+        grad_clip_params: the parameters whose joint gradient norm ``grad_clip`` bounds: ``all`` of the teacher's,
+            or only its policy's ``time_embedding`` (time features and time network), the first of the parameter
+            groups the Adaptive Teachers diffusion code builds (its ``t_model``) and the only one it clips.
     """
+
+    #: ``grad_clip_params`` choices.
+    GRAD_CLIP_PARAMS = ("all", "time_embedding")
 
     def __init__(
         self,
@@ -195,6 +210,8 @@ class AdaptiveTeacher:
         lr_multiplier: float = 5.0,
         grad_clip: float | None = 0.1,
         quantile: float = 0.9,
+        drop_below_threshold: bool = False,
+        grad_clip_params: str = "all",
     ):
         for key, value in (("weight", weight), ("eps", eps), ("lr_multiplier", lr_multiplier)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -203,11 +220,21 @@ class AdaptiveTeacher:
             raise ValueError(f"teacher.quantile must be in [0, 1] (got {quantile})")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"teacher.grad_clip must be a positive number or null (got {grad_clip})")
+        if not isinstance(drop_below_threshold, bool):
+            raise ValueError(f"teacher.drop_below_threshold must be true or false (got {drop_below_threshold!r})")
+        if grad_clip_params not in self.GRAD_CLIP_PARAMS:
+            raise ValueError(
+                f"teacher.grad_clip_params must be one of {', '.join(self.GRAD_CLIP_PARAMS)} (got {grad_clip_params!r})"
+            )
         self.gfn = gfn
         self.alpha, self.weight, self.eps = float(alpha), float(weight), float(eps)
         self.lr_multiplier = float(lr_multiplier)
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.quantile = float(quantile)
+        self.drop_below_threshold = drop_below_threshold
+        self.grad_clip_params = grad_clip_params
+        if grad_clip_params == "time_embedding":
+            _time_embedding_parameters(gfn)  # fails here, at build time, for a policy without one
 
     def param_groups(self, lr_policy: float, lr_flow: float) -> list[dict]:
         """Adam parameter groups of the teacher: policy and P_B corrections at ``lr_multiplier × lr_policy``, its
@@ -258,6 +285,9 @@ class AdaptiveTeacher:
     ) -> torch.Tensor:
         """One teacher TB step on the terminal states of a student step.
 
+        With ``drop_below_threshold`` the states whose log r is below ``threshold`` are left out; when none is
+        left, nothing is updated and the reported loss is 0.
+
         Args:
             student_traj: the student's trajectories of this step (detached here).
             threshold: the log-reward threshold of R_T.
@@ -272,12 +302,33 @@ class AdaptiveTeacher:
             FloatingPointError: a non-finite teacher loss (nothing is updated).
         """
         r_t = self.reward(student_traj.detach(), threshold)
-        loss = self.loss(student_traj.terminal_states.detach(), r_t, student_traj.log_reward.detach(), generator)
+        x, log_r = student_traj.terminal_states.detach(), student_traj.log_reward.detach()
+        if self.drop_below_threshold:
+            keep = log_r >= threshold  # [B], the complement of teacher_reward's "below"
+            if not bool(keep.any()):
+                return torch.zeros((), dtype=r_t.dtype, device=r_t.device)
+            x, r_t, log_r = x[keep], r_t[keep], log_r[keep]
+        loss = self.loss(x, r_t, log_r, generator)
         if not torch.isfinite(loss):
             raise FloatingPointError("non-finite teacher loss")
         optimizer.zero_grad(set_to_none=True)
         (backward or torch.Tensor.backward)(loss)
         if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.gfn.parameters(), self.grad_clip)
+            scoped = self.grad_clip_params == "time_embedding"
+            params = _time_embedding_parameters(self.gfn) if scoped else self.gfn.parameters()
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         optimizer.step()
         return loss.detach()
+
+
+def _time_embedding_parameters(gfn: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters of the time embedding of ``gfn``'s policy (time features and time network), for
+    ``grad_clip_params="time_embedding"``; ValueError when the policy has none (a discrete GFN, a custom policy)."""
+    policy = getattr(gfn, "policy", None)
+    parts = [getattr(policy, name, None) for name in ("time_features", "time_net")]
+    if not all(isinstance(part, torch.nn.Module) for part in parts):
+        raise ValueError(
+            "teacher.grad_clip_params=time_embedding needs a teacher policy with a time embedding "
+            f"(policy.time_features, policy.time_net; {type(gfn).__name__} has none); use teacher.grad_clip_params=all"
+        )
+    return [p for part in parts for p in part.parameters()]

@@ -161,7 +161,10 @@ class OffPolicy:
 
     # ------------------------------------------------------------------------------------------------- filling
     def store(self, traj: Trajectories, gfn, generator: torch.Generator) -> None:
-        """Add a forward batch's terminal states to the buffer, keyed by log r (or by R_T, see ``replay``)."""
+        """Add a forward batch's terminal states to the buffer, keyed by log r (or by R_T, see ``replay``).
+
+        A buffer keyed by R_T with ``drop_below_threshold`` stores, from the second batch on, only the states whose
+        log r reaches the threshold (:class:`sampler.buffers.PERBuffer`)."""
         if self.buffer is None or (self.store_forward == "first" and self.stored_batches > 0):
             return
         x = traj.terminal_states.detach()
@@ -169,6 +172,9 @@ class OffPolicy:
             threshold = self.ensure_threshold(gfn, generator)
             delta, log_r = student_delta(traj).detach(), traj.log_reward.detach()
             key = teacher_reward(delta, log_r, threshold, square=square_coefficient(gfn))
+            if getattr(self.buffer, "drop_below_threshold", False) and self.stored_batches > 0:
+                keep = log_r >= threshold  # [B], the complement of teacher_reward's "below"
+                x, key = x[keep], key[keep]
         else:
             key = traj.log_reward.detach()
         self.buffer.add(x, key)

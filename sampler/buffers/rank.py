@@ -81,6 +81,28 @@ class RankBuffer(ReplayBuffer):
 class PERBuffer(RankBuffer):
     """Prioritised experience replay as the Adaptive Teachers code runs it (``buffer=per``): a :class:`RankBuffer`
     whose forward-step entries are keyed by the teacher reward R_T of the student's TB error (large where the
-    student is wrong), not by log r — with or without a teacher. The key needs the student's log Z or flow."""
+    student is wrong), not by log r — with or without a teacher. The key needs the student's log Z or flow.
+
+    Args:
+        capacity, dim, eviction, device, k: as for :class:`RankBuffer`.
+        drop_below_threshold: forward batches after the first store only the states whose log r reaches the
+            teacher's log-reward threshold, as the Adaptive Teachers diffusion code's ``--per`` runs do (the first
+            batch is stored whole there too, so the buffer never starts empty); ``False`` stores every state, those
+            below the threshold with the smallest key, log(1 + ε_T). A teacher's proposals are filtered either way.
+    """
 
     keyed_by = "teacher_reward"
+
+    def __init__(
+        self,
+        capacity: int,
+        dim: int,
+        eviction: str = "fifo",
+        device: str | torch.device = "cpu",
+        k: float = 0.01,
+        drop_below_threshold: bool = False,
+    ):
+        super().__init__(capacity, dim, eviction, device, k)
+        if not isinstance(drop_below_threshold, bool):
+            raise ValueError(f"buffer.drop_below_threshold must be true or false (got {drop_below_threshold!r})")
+        self.drop_below_threshold = drop_below_threshold
