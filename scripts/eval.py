@@ -36,6 +36,13 @@ def main(argv: list[str]) -> int:
     device = device_arg(args)
 
     def fits(cfg):  # before the checkpoint is read: an evaluation of K samples must fit here
+        from sampler.training.tasks import task_of
+
+        if task_of(cfg) == "ebm":
+            from sampler.ebm.config import check_sampling_memory
+
+            check_sampling_memory(cfg, K or int(cfg.eval.K), K or int(cfg.eval.K))
+            return
         from sampler.training.memory import check_memory
 
         check_memory(cfg, device, K=K or int(cfg.eval.K), training=False, labels={"eval.K": "K"})

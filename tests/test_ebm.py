@@ -417,6 +417,33 @@ def test_evaluate_ebm_gives_exactly_the_documented_keys():
     assert set(evaluate_ebm(net, moons, moons.test[:100], kde=1.0, grid_n=100)) == set(TOY_KEYS) - {"kl_true"}
 
 
+def test_evaluate_ebm_estimates_log_z_by_ais_beyond_two_dimensions():
+    # N(0, 0.7²I) in 3-D: the exact test NLL is the mean of ‖x‖²/(2s²) plus (3/2) log(2π s²)
+    g = torch.Generator().manual_seed(0)
+    x = 0.7 * torch.randn(400, 3, generator=g)
+    data = EBMData(x[:200], x[200:], name="gauss3")
+    m = evaluate_ebm(Quadratic(3, s=0.7), data, x[:100], kde=1.0, generator=g)
+    assert set(m) == set(TOY_KEYS) - {"kl_true"}
+    exact = float((data.test.double().pow(2).sum(1) / (2 * 0.49)).mean()) + 1.5 * math.log(2 * math.pi * 0.49)
+    assert abs(m["nll_test"] - exact) < 0.05
+
+
+def test_images_without_labels_get_the_mmd_and_no_classifier_score():
+    data = EBMData(torch.rand(30, 4) * 2 - 1, torch.rand(10, 4) * 2 - 1, image_shape=(2, 2), bounds=(-1, 1))
+    m = evaluate_ebm(CNNEnergy((2, 2), channels=(2, 2, 2)), data, torch.zeros(8, 4), 5)
+    assert set(m) == {"mmd", "n_energy_calls"} and m["n_energy_calls"] == 5.0
+
+
+def test_the_data_classes_a_config_names_hold_the_same_points_as_the_functions(tmp_path):
+    from sampler.ebm.data import ArrayData, ToyData
+
+    a, b = ToyData("rings", 50, 20, seed=4), toy_data("rings", 50, 20, seed=4)
+    assert torch.equal(a.train, b.train) and torch.equal(a.test, b.test) and a.bounds == b.bounds == (-4.0, 4.0)
+    path = _save(tmp_path / "p.npy", np.arange(40, dtype=np.float32).reshape(20, 2))
+    c, d = ArrayData(path, 0.25, seed=1), load_array_data(path, 0.25, seed=1)
+    assert isinstance(c, EBMData) and torch.equal(c.train, d.train) and c.test.shape == (5, 2)
+
+
 def test_kde_baseline_is_close_to_the_true_nll_on_8gaussians():
     data = toy_data("8gaussians", 1500, 500)
     nll, bw = kde_nll(data.train, data.test)

@@ -146,6 +146,8 @@ def describe(err: BaseException, config_name: str = "config") -> str:
     ):
         key, plain = m.groups()
         return f"+{plain} adds {key}, which exists: write {plain} to set it"
+    if m := re.match(r"Could not override '(data|ebm/net)'\. No match in the defaults list", text):
+        return f"{m.group(1)}= selects a group of energy-based models: add task=ebm"
     if m := re.match(r"Ambiguous value for argument '([^']+)'", text):
         line = m.group(1)
         key, _, value = line.partition("=")

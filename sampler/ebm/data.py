@@ -6,8 +6,10 @@ box ``bounds`` the data lives in (the quadrature grid of the evaluation and the 
 ``image_shape`` for images (``None`` for vectors) and, where the true density is known, ``log_density(x) -> [B]``
 (normalised; 8gaussians has one).
 
-A user's own data set is any object with those attributes (``check_data`` says in one line what is missing), or an
-array file read by :func:`load_array_data`::
+The config group ``data`` (``conf/data/``, with ``task=ebm``) names these classes: :class:`ToyData` for the toy sets,
+:class:`DigitsData`, :class:`ArrayData` for a file (``data=array data.path=FILE``). A user's own data set is any
+object with those attributes (``check_data`` says in one line what is missing), named by
+``data._target_=my.module.MyData``, or an array file read by :class:`ArrayData`::
 
     class MyData(EBMData):
         def __init__(self, path: str, seed: int = 0):
@@ -203,30 +205,39 @@ TOY_SETS: dict[str, tuple[Callable[[int, torch.Generator], torch.Tensor], tuple[
 DATA_SETS = (*TOY_SETS, "digits")
 
 
-def toy_data(name: str, n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0) -> EBMData:
-    """A 2-D toy set: ``n_train`` then ``n_test`` points drawn with ``torch.Generator().manual_seed(seed)``.
+class ToyData(EBMData):
+    """A 2-D toy set: ``n_train`` then ``n_test`` points drawn with ``torch.Generator().manual_seed(seed)`` (what
+    ``data=moons`` and the other toy options build).
 
     Args:
         name: one of ``8gaussians moons rings checkerboard pinwheel 2spirals swissroll``.
         n_train, n_test: split sizes (both ≥ 1).
         seed: fixes both splits.
 
-    Returns:
-        The data set; 8gaussians carries its exact ``log_density``.
+    Raises:
+        ValueError: an unknown name or a split size below 1.
+    """
+
+    def __init__(self, name: str, n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0):
+        if name not in TOY_SETS:
+            raise ValueError(f"data set must be one of {', '.join(DATA_SETS)} (got {name!r})")
+        if int(n_train) < 1 or int(n_test) < 1:
+            raise ValueError(f"n_train and n_test must be ≥ 1 (got {n_train} and {n_test})")
+        fn, bounds = TOY_SETS[name]
+        g = torch.Generator().manual_seed(int(seed))
+        train = fn(int(n_train), g).float()
+        test = fn(int(n_test), g).float()
+        log_density = gauss8_log_density if name == "8gaussians" else None
+        super().__init__(train, test, name=name, bounds=bounds, log_density=log_density)
+
+
+def toy_data(name: str, n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0) -> ToyData:
+    """A 2-D toy set (:class:`ToyData`); 8gaussians carries its exact ``log_density``.
 
     Raises:
         ValueError: an unknown name or a split size below 1.
     """
-    if name not in TOY_SETS:
-        raise ValueError(f"data set must be one of {', '.join(DATA_SETS)} (got {name!r})")
-    if int(n_train) < 1 or int(n_test) < 1:
-        raise ValueError(f"n_train and n_test must be ≥ 1 (got {n_train} and {n_test})")
-    fn, bounds = TOY_SETS[name]
-    g = torch.Generator().manual_seed(int(seed))
-    train = fn(int(n_train), g).float()
-    test = fn(int(n_test), g).float()
-    log_density = gauss8_log_density if name == "8gaussians" else None
-    return EBMData(train, test, name=name, bounds=bounds, log_density=log_density)
+    return ToyData(name, n_train, n_test, seed)
 
 
 class DigitsData(EBMData):
@@ -255,42 +266,54 @@ class DigitsData(EBMData):
         self.train_labels, self.test_labels = y[train_idx], y[test_idx]
 
 
-def load_array_data(path: str | Path, test_fraction: float = 0.2, seed: int = 0, name: str | None = None) -> EBMData:
-    """A user's points from a ``.npy``, ``.pt`` or ``.csv`` file of shape ``[N, d]``, split by a seeded permutation.
+class ArrayData(EBMData):
+    """A user's points from a ``.npy``, ``.pt`` or ``.csv`` file of shape ``[N, d]``, split by a seeded permutation
+    (what ``data=array data.path=FILE`` builds). The box is the training range padded by 10 %.
 
     Args:
         path: the file.
-        test_fraction: share held out.
+        test_fraction: share held out, in (0, 1).
         seed: fixes the split.
         name: what logs call it (default: the file's stem).
 
     Raises:
         ValueError: a missing file, another suffix, or an array that is not ``[N, d]`` with N ≥ 2.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"data file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        import numpy as np  # noqa: PLC0415
 
-        x = torch.as_tensor(np.load(path, allow_pickle=False))
-    elif suffix == ".pt":
-        x = torch.load(path, weights_only=True)
-    elif suffix == ".csv":
-        import numpy as np  # noqa: PLC0415
+    def __init__(self, path: str | Path, test_fraction: float = 0.2, seed: int = 0, name: str | None = None):
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"data file {path} does not exist")
+        suffix = path.suffix.lower()
+        if suffix == ".npy":
+            import numpy as np  # noqa: PLC0415
 
-        x = torch.as_tensor(np.loadtxt(path, delimiter=",", ndmin=2))
-    else:
-        raise ValueError(f"data file {path}: use .npy, .pt or .csv (got {suffix or 'no suffix'})")
-    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] < 2:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"data file {path} must hold an [N, d] array with N ≥ 2 (got {shape})")
-    if not 0.0 < float(test_fraction) < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1) (got {test_fraction})")
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(seed)))
-    n_test = max(1, round(len(x) * float(test_fraction)))
-    return EBMData(x[perm[n_test:]], x[perm[:n_test]], name=name or path.stem)
+            x = torch.as_tensor(np.load(path, allow_pickle=False))
+        elif suffix == ".pt":
+            x = torch.load(path, weights_only=True)
+        elif suffix == ".csv":
+            import numpy as np  # noqa: PLC0415
+
+            x = torch.as_tensor(np.loadtxt(path, delimiter=",", ndmin=2))
+        else:
+            raise ValueError(f"data file {path}: use .npy, .pt or .csv (got {suffix or 'no suffix'})")
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] < 2:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"data file {path} must hold an [N, d] array with N ≥ 2 (got {shape})")
+        if not 0.0 < float(test_fraction) < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1) (got {test_fraction})")
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(seed)))
+        n_test = max(1, round(len(x) * float(test_fraction)))
+        super().__init__(x[perm[n_test:]], x[perm[:n_test]], name=name or path.stem)
+
+
+def load_array_data(path: str | Path, test_fraction: float = 0.2, seed: int = 0, name: str | None = None) -> ArrayData:
+    """A user's points from a ``.npy``, ``.pt`` or ``.csv`` file of shape ``[N, d]`` (:class:`ArrayData`).
+
+    Raises:
+        ValueError: a missing file, another suffix, or an array that is not ``[N, d]`` with N ≥ 2.
+    """
+    return ArrayData(path, test_fraction, seed, name)
 
 
 def make_data(name: str, seed: int = 0, **kwargs) -> EBMData:

@@ -16,7 +16,11 @@ regular grid of ``GRID_N × GRID_N`` = 400 × 400 cells covering the data box ``
 
 Digits — ``mmd`` to the held-out digits, and a classifier score: a scikit-learn logistic regression trained on
 the real training digits; ``classifier_confidence`` is its mean top-class probability on the generated samples,
-``class_entropy`` the entropy (nats, at most log 10 ≈ 2.303) of the histogram of its predicted classes.
+``class_entropy`` the entropy (nats, at most log 10 ≈ 2.303) of the histogram of its predicted classes (images
+without labels get ``mmd`` and ``n_energy_calls`` only).
+
+Other dimensions (a user's vectors) — as for 2-D data, with log Z by :func:`ais_log_z` instead of the grid (so
+``nll_test`` is an estimate over all of R^d) and no ``kl_true``.
 
 :func:`ais_log_z` estimates log Z by annealed importance sampling, which needs no grid and works in any dimension.
 """
@@ -142,7 +146,8 @@ def ais_log_z(
     # β grid denser at both ends, where the intermediate densities change fastest
     u = torch.linspace(-6, 6, n_temps, dtype=torch.float64)
     betas = (torch.sigmoid(u) - torch.sigmoid(u[0])) / (torch.sigmoid(u[-1]) - torch.sigmoid(u[0]))
-    x = base_std * torch.randn(n_particles, dim, generator=generator).to(device)
+    gdev = generator.device if generator is not None else torch.device("cpu")  # the noise is drawn where it lives
+    x = base_std * torch.randn(n_particles, dim, generator=generator, device=gdev).to(device)
     lr, g = energy.log_reward_and_grad(x)
     log_w = torch.zeros(n_particles, dtype=torch.float64, device=device)
     for k in range(1, n_temps):
@@ -154,14 +159,14 @@ def ais_log_z(
 
         lp, grad = target(x, lr, g)
         for _ in range(n_mcmc):
-            noise = torch.randn(x.shape, generator=generator).to(device)
+            noise = torch.randn(x.shape, generator=generator, device=gdev).to(device)
             prop = x + step_size * grad + math.sqrt(2 * step_size) * noise
             lr_p, g_p = energy.log_reward_and_grad(prop)
             lp_p, grad_p = target(prop, lr_p, g_p)
             fwd = -noise.pow(2).sum(1) / 2
             bwd = -(x - prop - step_size * grad_p).pow(2).sum(1) / (4 * step_size)
             log_alpha = lp_p - lp + bwd - fwd
-            accept = torch.log(torch.rand(n_particles, generator=generator).to(device)) < log_alpha
+            accept = torch.log(torch.rand(n_particles, generator=generator, device=gdev).to(device)) < log_alpha
             a = accept[:, None]
             x, lr, g = torch.where(a, prop, x), torch.where(accept, lr_p, lr), torch.where(a, g_p, g)
             lp, grad = torch.where(accept, lp_p, lp), torch.where(a, grad_p, grad)
@@ -196,6 +201,7 @@ def evaluate_ebm(
     kde: float | None = None,
     grid_n: int = GRID_N,
     seed: int = 0,
+    generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """The metrics of a learned EBM (see the module docstring for each key).
 
@@ -205,18 +211,20 @@ def evaluate_ebm(
             ``log_density`` (and for digits ``train_labels``).
         samples: generated samples ``[K, d]`` (e.g. from :func:`sampler.ebm.generate.generate`).
         n_energy_calls: the energy evaluations training's sampler made.
-        classifier: for images, a fitted classifier (default: :func:`digit_classifier` on ``data``).
+        classifier: for images, a fitted classifier (default: :func:`digit_classifier` on ``data`` when it has
+            ``train_labels``).
         kde: a cached ``nll_test_kde`` of the same split (computing it takes seconds).
         grid_n: cells per axis of the quadrature grid.
         seed: the seed of the KDE's folds and the classifier.
+        generator: the noise of the AIS estimate of log Z (data of more than 2 dimensions that are not images).
 
     Returns:
-        Flat floats: ``nll_test nll_test_kde [kl_true] mmd energy_real energy_fake energy_gap n_energy_calls`` for 2-D
-        data (``kl_true`` only when ``data.log_density`` is known), ``mmd classifier_confidence class_entropy
-        n_energy_calls`` for images.
+        Flat floats: ``nll_test nll_test_kde [kl_true] mmd energy_real energy_fake energy_gap n_energy_calls`` for
+        vectors (``kl_true`` only for 2-D data whose ``log_density`` is known), ``mmd classifier_confidence
+        class_entropy n_energy_calls`` for images.
 
     Raises:
-        ValueError: samples of another width than the data, or a data set that is neither 2-D nor an image set.
+        ValueError: samples of another width than the data.
     """
     from sampler.evaluation.metrics import mmd_rbf  # noqa: PLC0415 - imports POT
 
@@ -224,19 +232,21 @@ def evaluate_ebm(
         raise ValueError(f"samples must be [K, {data.dim}] (got {tuple(samples.shape)})")
     samples = samples.detach().cpu().float()
     if getattr(data, "image_shape", None) is not None:
-        clf = classifier if classifier is not None else digit_classifier(data, seed)
-        conf, ent = classifier_score(clf, samples)
-        return {"mmd": mmd_rbf(samples, data.test), "classifier_confidence": conf, "class_entropy": ent,
-                "n_energy_calls": float(n_energy_calls)}  # fmt: skip
-    if data.dim != 2:
-        raise ValueError(f"evaluate_ebm needs 2-D data or images (got dim {data.dim} without image_shape)")
+        out = {"mmd": mmd_rbf(samples, data.test)}
+        if classifier is None and getattr(data, "train_labels", None) is not None:
+            classifier = digit_classifier(data, seed)
+        if classifier is not None:
+            out["classifier_confidence"], out["class_entropy"] = classifier_score(classifier, samples)
+        out["n_energy_calls"] = float(n_energy_calls)
+        return out
     e_real = float(energies(net, data.test).mean())
     e_fake = float(energies(net, samples).mean())
-    out = {
-        "nll_test": nll_quadrature(net, data.test, data.bounds, grid_n),
-        "nll_test_kde": kde if kde is not None else kde_nll(data.train, data.test, seed)[0],
-    }
-    if getattr(data, "log_density", None) is not None:
+    if data.dim == 2:
+        nll = nll_quadrature(net, data.test, data.bounds, grid_n)
+    else:
+        nll = e_real + ais_log_z(net, data.dim, generator=generator)
+    out = {"nll_test": nll, "nll_test_kde": kde if kde is not None else kde_nll(data.train, data.test, seed)[0]}
+    if data.dim == 2 and getattr(data, "log_density", None) is not None:
         out["kl_true"] = kl_quadrature(data.log_density, net, data.bounds, grid_n)
     out.update({"mmd": mmd_rbf(samples, data.test), "energy_real": e_real, "energy_fake": e_fake,
                 "energy_gap": e_fake - e_real, "n_energy_calls": float(n_energy_calls)})  # fmt: skip

@@ -66,7 +66,7 @@ def generate(
         generator: the source of the noise.
 
     Returns:
-        ``(samples [n, d], ChainStats, recorded states)``.
+        ``(samples [n, d], ChainStats, recorded states)``; ``buffer`` gives at most ``buffer.capacity`` samples.
 
     Raises:
         ValueError: an unknown method, or ``buffer`` without a filled buffer.
@@ -76,13 +76,14 @@ def generate(
     dim = int(getattr(net, "dim", 0)) or (buffer.dim if buffer is not None else 0)
     energy = EBMEnergy(net, dim=dim, bounds=bounds)
     lo, hi = bounds
+    device = generator.device if generator is not None else energy.device  # (the generator must be the energy's)
     if method == "buffer":
         if buffer is None or not buffer.filled:
             raise ValueError("method=buffer needs the (filled) PCD chain buffer of a trained model")
-        idx = torch.randperm(buffer.capacity, generator=generator)[: min(n, buffer.capacity)]
-        x0 = buffer.states[idx]
+        idx = torch.randperm(buffer.capacity, generator=generator, device=device)[: min(n, buffer.capacity)]
+        x0 = buffer.states[idx.to(buffer.states.device)]
     else:
-        x0 = lo + (hi - lo) * torch.rand(n, dim, generator=generator)
+        x0 = lo + (hi - lo) * torch.rand(n, dim, generator=generator, device=device)
     x0 = x0.to(energy.device)
     temps = temperature_schedule(n_steps, t_start, 1.0) if method == "annealed" else 1.0
     return langevin(

@@ -4,6 +4,7 @@ file in the same folder, renamed over the target, so no half-written PNG is ever
 * :func:`plot_landscape` — 2-D data: the energy E_θ and the normalised density exp(−E_θ)/Z over the data box, with
   the data and (optionally) samples on top;
 * :func:`plot_digit_grid` — image data: a grid of samples;
+* :func:`plot_projection` — vectors of more than 2 dimensions: data and samples on dimensions (0, 1);
 * :func:`plot_chains` — chains over time: 2-D paths over the energy, or rows of image snapshots.
 """
 
@@ -113,6 +114,25 @@ def plot_digit_grid(samples: torch.Tensor, path: str | Path, image_shape: Sequen
             ax.imshow(x[i].numpy(), cmap="gray_r", vmin=-1, vmax=1)
     if title:
         fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_projection(data, samples: torch.Tensor, path: str | Path, n_points: int = 2000,
+                    title: str | None = None) -> Path:  # fmt: skip
+    """Data and ``samples [K, d]`` projected on dimensions (0, 1), for vectors of more than 2 dimensions.
+
+    Returns:
+        The path written.
+    """
+    d = data.train[:n_points].numpy()
+    s = samples[:n_points].detach().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(d[:, 0], d[:, 1], s=1, c="tab:blue", alpha=0.3, label="data")
+    ax.scatter(s[:, 0], s[:, 1], s=1, c="tab:red", alpha=0.5, label="samples")
+    ax.set_xlabel("x[0]")
+    ax.set_ylabel("x[1]")
+    ax.legend(loc="upper right", markerscale=6)
+    ax.set_title(title or f"{data.name}: dimensions 0 and 1")
     return save_figure(fig, path)
 
 

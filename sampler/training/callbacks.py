@@ -246,6 +246,9 @@ class LossProgressBar(TQDMProgressBar):
         loss = pl_module.stats.get("loss") if isinstance(getattr(pl_module, "stats", None), dict) else None
         if loss is not None:
             items["loss"] = f"{float(loss):.4g}"
+        gap = pl_module.stats.get("energy_gap") if loss is not None else None  # an EBM's E(x⁻) − E(x⁺)
+        if gap is not None:
+            items["gap"] = f"{float(gap):.3g}"
         return items
 
 
@@ -334,7 +337,7 @@ class PlainProgress(ProgressBar):
             ``"step S/N  loss L  eps E  log_Z Z  R it/s  eta H:MM:SS"``.
         """
         parts = [f"step {step}/{self.steps}"]
-        for key, fmt in (("loss", ".4g"), ("eps", ".3g"), ("log_Z", ".4g")):
+        for key, fmt in (("loss", ".4g"), ("eps", ".3g"), ("log_Z", ".4g"), ("energy_gap", ".3g")):
             value = stats.get(key) if isinstance(stats, dict) else None
             if isinstance(value, torch.Tensor | float | int) and not isinstance(value, bool):
                 parts.append(f"{key} {float(value):{fmt}}")

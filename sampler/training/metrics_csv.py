@@ -75,6 +75,41 @@ DISCRETE_EVAL_KEYS = (
 )
 #: The columns of a discrete target's run (``intrinsic_loss``: GAFN's RND loss).
 DISCRETE_COLUMNS = ("step", "kind") + TRAIN_KEYS + ("intrinsic_loss",) + DISCRETE_EVAL_KEYS
+#: An energy-based model's columns (task=ebm): its training statistics (chain and buffer diagnostics, the GFN
+#: negative sampler's when it has one) and its evaluation (``energy_*`` and ``mmd`` in both kinds of rows).
+EBM_KEYS = (
+    "loss",
+    "energy_real",
+    "energy_fake",
+    "energy_gap",
+    "reg",
+    "lr",
+    "grad_norm",
+    "chain_accept",
+    "chain_step_norm",
+    "chain_grad_norm",
+    "chain_clipped",
+    "buffer_mean_age",
+    "buffer_max_age",
+    "buffer_reinit",
+    "buffer_spread",
+    "gfn_loss",
+    "gfn_steps",
+    "gfn_log_Z",
+    "buffer_size",
+    "buffer_ess",
+    "n_energy_calls",
+    "n_energy_calls_langevin",
+    "n_energy_calls_gfn",
+    "nll_test",
+    "nll_test_kde",
+    "kl_true",
+    "mmd",
+    "classifier_confidence",
+    "class_entropy",
+    "eval_s",
+)
+EBM_COLUMNS = ("step", "kind") + EBM_KEYS
 
 
 class MetricsCSV:
