@@ -187,3 +187,23 @@ def test_the_script_trains_a_hypergrid_and_the_analysis_scripts_read_it(tmp_path
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+
+
+def test_the_readme_discrete_block_trains_without_hydra_or_lightning():
+    import re
+
+    from sampler.discrete import DiscreteGFN, HyperGrid, exact_terminal_distribution
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- test:discrete-example -->\n```python\n(.*?)```", text, re.S).group(1)
+    assert "hydra" not in block and "lightning" not in block
+    torch.manual_seed(0)
+    scope = {"__name__": "readme_discrete"}
+    exec(block.replace("range(2000)", "range(300)"), scope)  # noqa: S102
+    env = HyperGrid(ndim=2, height=16, R0=1e-2)
+    pi = env.target_probs()
+    torch.manual_seed(0)
+    untrained = float((exact_terminal_distribution(DiscreteGFN(env)) - pi).abs().sum())
+    trained = float((exact_terminal_distribution(scope["gfn"]) - pi).abs().sum())
+    assert trained < 0.5 * untrained, (trained, untrained)
+    assert scope["s"].shape == (16, 2) and scope["log"].fwd_log_probs.shape[0] == 16
