@@ -49,7 +49,8 @@ def test_a_discrete_target_selects_the_discrete_model_and_its_own_defaults():
     assert c.model._target_ == "sampler.discrete.DiscreteGFN" and c.model.hidden_dim == 256 and c.model.num_layers == 2
     assert c.exploration._target_ == "sampler.exploration.ExplorationSchedule"  # on-policy
     assert (c.energy.ndim, c.energy.height, c.energy.R0) == (2, 16, 0.01)
-    assert (c.train.batch_size, c.train.lr_policy, c.train.lr_flow) == (16, 1e-3, 0.1)
+    assert (c.train.batch_size, c.train.lr_policy, c.train.lr_flow, c.train.lr_gamma) == (16, 2e-3, 0.1, 0.25)
+    assert list(c.train.lr_milestones) == [1000, 1500] and c.trainer.max_steps == 2000
     c = compose_cfg(["energy=deceptive_grid", "loss=db", "exploration=constant"])
     assert c.model.flow == "conditional" and c.train.grad_clip == 1.0 and c.energy.height == 64
     assert c.exploration._target_ == "sampler.exploration.Constant"  # the command line wins over the target's default
@@ -207,3 +208,25 @@ def test_the_readme_discrete_block_trains_without_hydra_or_lightning():
     trained = float((exact_terminal_distribution(scope["gfn"]) - pi).abs().sum())
     assert trained < 0.5 * untrained, (trained, untrained)
     assert scope["s"].shape == (16, 2) and scope["log"].fwd_log_probs.shape[0] == 16
+
+
+def test_wandb_offline_files_hold_a_discrete_run_s_metrics(tmp_path):
+    import os
+
+    from test_loggers import wandb_records
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(NETRC=str(tmp_path / "no-netrc"), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "scripts/train.py", "logger=wandb", *DTINY, f"paths.run_dir={run}"]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    final = json.loads((run / "metrics.json").read_text())
+    (log_file,) = next((run / "wandb").glob("offline-run-*")).glob("run-*.wandb")
+    history: dict[int, dict] = {}
+    for r in wandb_records(log_file):
+        if r.WhichOneof("record_type") == "history":
+            row = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+            history.setdefault(int(r.history.step.num), {}).update(row)
+    assert history[6]["eval/l1_exact"] == pytest.approx(final["l1_exact"], rel=1e-12)
+    assert history[6]["eval/modes_found_train"] == final["modes_found_train"]

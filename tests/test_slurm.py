@@ -284,3 +284,20 @@ def test_a_launcher_without_multirun_is_one_line(tmp_path, launcher):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith(f"error: launcher={launcher} launches the jobs of a sweep and needs -m")
     assert len(proc.stderr.splitlines()) == 1 and not tmp_path.joinpath("runs").exists()
+
+
+def test_a_slurm_sweep_of_a_discrete_target_runs_its_objectives_as_jobs(tmp_path, slurm_cluster):
+    # energy=hypergrid through the same launcher: the discrete model, objectives and run directories.
+    grid = ["energy=hypergrid", "energy.height=6", "model.hidden_dim=32", "train.batch_size=8", "trainer.max_steps=4"]
+    small = [*grid, "eval.every=4", "eval.K=100", "eval.plots=false", "checkpoint.every=4"]
+    run_script(
+        "scripts/train.py", "-m", "launcher=slurm", "loss=tb,db", "seed=0", *small, ONE_CPU, f"paths.root={tmp_path}",
+        timeout=600,
+    )  # fmt: skip
+    (sweep,) = (tmp_path / "multiruns").iterdir()
+    runs = sorted(p.parent for p in sweep.rglob("metrics.json"))
+    assert sorted(re.search(r"loss=(\w+)", r.parent.name).group(1) for r in runs) == ["db", "tb"]
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["step"] == 4 and 0.0 <= metrics["l1_exact"] <= 2.0 and metrics["n_trajectories"] == 32
+        assert json.loads((run / "manifest.json").read_text())["slurm_job_id"]
