@@ -217,14 +217,7 @@ def check_config(cfg: DictConfig) -> None:
             f"train.batch_size must be at least 2 (got {cfg.train.batch_size})"
         )
     _check_offpolicy(cfg)
-    _check_keys(cfg)
-    _check_trainer(cfg)
-    _check_exploration(cfg)
-    for m in cfg.train.lr_milestones:
-        if not isinstance(m, int) or m <= 0:
-            raise ConfigError(
-                f"train.lr_milestones must be positive step numbers (got {list(cfg.train.lr_milestones)})"
-            )
+    _check_common(cfg)
     from sampler.training.memory import check_memory  # noqa: PLC0415 - memory.py imports this module
 
     check_memory(cfg)  # last: the sizes it reads are checked above
@@ -285,14 +278,7 @@ def check_discrete_config(cfg: DictConfig) -> None:
         )
     _check_offpolicy(cfg)
     _group_class(cfg, "intrinsic")
-    _check_keys(cfg)
-    _check_trainer(cfg)
-    _check_exploration(cfg)
-    for m in cfg.train.lr_milestones:
-        if not isinstance(m, int) or m <= 0:
-            raise ConfigError(
-                f"train.lr_milestones must be positive step numbers (got {list(cfg.train.lr_milestones)})"
-            )
+    _check_common(cfg)
     from sampler.training.module import build_energy  # noqa: PLC0415 - module imports this file
 
     env = build_energy(cfg)  # bad ndim/height/R0, a grid too large to enumerate, a non-positive reward: one line
@@ -302,6 +288,18 @@ def check_discrete_config(cfg: DictConfig) -> None:
             f"train.backward_source=exact needs the target enumerated, but {energy} has energy.exact=false; "
             "use train.backward_source=buffer"
         )
+
+
+def _check_common(cfg: DictConfig) -> None:
+    """The checks of continuous and discrete targets alike: stray keys, trainer, exploration, lr milestones."""
+    _check_keys(cfg)
+    _check_trainer(cfg)
+    _check_exploration(cfg)
+    for m in cfg.train.lr_milestones:
+        if not isinstance(m, int) or m <= 0:
+            raise ConfigError(
+                f"train.lr_milestones must be positive step numbers (got {list(cfg.train.lr_milestones)})"
+            )
 
 
 def _check_no_nan(cfg: DictConfig) -> None:
